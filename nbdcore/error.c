@@ -37,15 +37,17 @@ void nbd_set_error(int errnum, const char *fmt, ...)
 
 void nbd_prefix_error(const char *fmt, ...)
 {
-    char prefix[256], old[ERRMAX];
+    char old[ERRMAX];
     va_list ap;
     int saved = last_errno;
+    int n;
 
-    va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
-    va_end(ap);
     memcpy(old, last_error, sizeof old);
-    snprintf(last_error, sizeof last_error, "%s%s", prefix, old);
+    va_start(ap, fmt);
+    n = vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < sizeof last_error)
+        snprintf(last_error + n, sizeof last_error - (size_t)n, "%s", old);
     errno = saved;
 }
 

@@ -2,7 +2,7 @@
  *
  * The client and the server engine talk to their peer only through this
  * interface, so that STARTTLS is a matter of swapping what sits under the
- * same struct.  Not part of the public API: only nbdcore/*.c include it.
+ * same struct.  Not part of the public API: only the files of nbdcore include it.
  *
  * Error convention: -1 with errno set and a message stored with
  * nbd_set_error() (see error.h); EAGAIN / EWOULDBLOCK are returned without a
