@@ -11,10 +11,12 @@
  *   the fd itself is blocking.  The single-step nbd_sock_recv/send leave the
  *   fd's own mode alone: blocking fd, blocking step; non-blocking fd, EAGAIN.
  *
- * - gnutls_record_send that returned GNUTLS_E_AGAIN has buffered a record
- *   and must be called again with the same data.  nbd_sock_send maps that to
- *   EAGAIN and relies on the caller retrying with the same buffer, which is
- *   what every caller in nbdcore does (it only advances by what was moved).
+ * - gnutls_record_send that returned GNUTLS_E_AGAIN has already encrypted a
+ *   record and must be called again with the same data.  nbd_sock_send maps
+ *   that to EAGAIN and relies on the caller retrying from the same position
+ *   of the same bytes (a longer length is harmless: GnuTLS first flushes the
+ *   pending record and reports only its size).  Every caller in nbdcore does
+ *   so: it advances only by what was reported moved.
  *
  * - A failed handshake leaves the session in place and nbd_sock_is_tls()
  *   true, so that nothing can fall back to plaintext on this socket; the
@@ -375,8 +377,8 @@ ssize_t nbd_sock_recv(struct nbd_sock *s, void *buf, size_t len)
     return sock_recv(s, buf, len, false);
 }
 
-/* After EAGAIN the caller must call again with the same buffer (GnuTLS has
- * already encrypted the record). */
+/* After EAGAIN the caller must call again from the same position of the
+ * same bytes (see the top of the file). */
 ssize_t nbd_sock_send(struct nbd_sock *s, const void *buf, size_t len)
 {
     return sock_send(s, buf, len, false);
