@@ -1,0 +1,36 @@
+/* cli.h: what the command-line front end shares between its commands. */
+#ifndef CLI_H
+#define CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <json-c/json.h>
+
+/* Exit codes (documented in README.md). */
+#define CLI_EXIT_OK      0
+#define CLI_EXIT_FAIL    1   /* the command failed: message on stderr */
+#define CLI_EXIT_USAGE   2   /* bad usage */
+
+extern const char *cli_progname;
+
+/* A command: runs with argv[0] = its name; returns an exit code. */
+struct cli_command {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+};
+
+int cli_info(int argc, char **argv);
+int cli_map(int argc, char **argv);
+
+/* "nbdvault CMD: msg\n" on stderr; returns CLI_EXIT_FAIL / CLI_EXIT_USAGE. */
+int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints obj (pretty) followed by a newline, and releases it. */
+void cli_print_json(struct json_object *obj);
+/* "64M", "1.5G" ... as nbdinfo prints sizes. */
+void cli_human_size(char *buf, size_t cap, uint64_t bytes);
+/* Installs nbdcore's log callback (NBDVAULT_DEBUG=1 shows debug lines). */
+void cli_setup_logging(void);
+
+#endif

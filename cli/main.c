@@ -1,0 +1,54 @@
+/* main.c: nbdvault's entry point: dispatches to one command. */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "nbdcore/nbdcore.h"
+
+const char *cli_progname = "nbdvault";
+
+static const struct cli_command commands[] = {
+    { "info", "show what an NBD export offers (like nbdinfo)", cli_info },
+    { "map", "print the extents of one metadata context (like nbdinfo --map)", cli_map },
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: nbdvault COMMAND [OPTIONS]\n"
+               "\n"
+               "Incremental backups of virtual-machine disks over NBD.\n"
+               "\n"
+               "Commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n"
+               "Run 'nbdvault COMMAND --help' for the options of one command.\n"
+               "Exit codes: 0 success, 1 failure, 2 bad usage.\n");
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    cli_setup_logging();
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("nbdvault 0.1\n");
+        return CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "nbdvault: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return CLI_EXIT_USAGE;
+}

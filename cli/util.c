@@ -1,0 +1,72 @@
+/* util.c: output helpers shared by the commands. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "nbdcore/nbdcore.h"
+
+static int verror(int code, const char *cmd, const char *fmt, va_list ap)
+{
+    fprintf(stderr, "%s %s: ", cli_progname, cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    if (code == CLI_EXIT_USAGE)
+        fprintf(stderr, "Try '%s %s --help'.\n", cli_progname, cmd);
+    return code;
+}
+
+int cli_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = verror(CLI_EXIT_FAIL, cmd, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = verror(CLI_EXIT_USAGE, cmd, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+void cli_print_json(struct json_object *obj)
+{
+    puts(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+                                                 JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(obj);
+}
+
+void cli_human_size(char *buf, size_t cap, uint64_t bytes)
+{
+    static const char units[] = "KMGTPE";
+    int u = -1;
+    uint64_t div = 1;
+
+    while (u < 5 && bytes / div >= 1024) {
+        div *= 1024;
+        u++;
+    }
+    if (u < 0)
+        snprintf(buf, cap, "%llu", (unsigned long long)bytes);
+    else if (bytes % div == 0)
+        snprintf(buf, cap, "%llu%c", (unsigned long long)(bytes / div), units[u]);
+    else
+        snprintf(buf, cap, "%.1f%c", (double)bytes / (double)div, units[u]);
+}
+
+static void log_cb(void *opaque, int level, const char *msg)
+{
+    if (level < 2 || getenv("NBDVAULT_DEBUG"))
+        fprintf(stderr, "%s: %s%s\n", cli_progname, level == 0 ? "error: " : level == 1 ? "warning: " : "debug: ", msg);
+}
+
+void cli_setup_logging(void)
+{
+    nbd_set_log(log_cb, NULL);
+}
