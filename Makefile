@@ -85,6 +85,12 @@ $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(APP_LIB) $(NBDCORE_LIB)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+# The integration tests' driver of the nbdcore client.
+NBDCORE_TOOL := $(BUILD)/tests/nbdcore-tool
+$(NBDCORE_TOOL): $(BUILD)/tests/tools/nbdcore-tool.o $(NBDCORE_LIB)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 # Fuzz harnesses: replayed over their corpus by a plain driver in `make
 # check`; built with libFuzzer by `make fuzz`.
 $(BUILD)/tests/fuzz/%-replay: $(BUILD)/tests/fuzz/%.o $(BUILD)/tests/fuzz/replay-main.o $(NBDCORE_LIB)
@@ -113,7 +119,7 @@ deps:
 	@scripts/install-deps.sh --check || scripts/install-deps.sh
 
 check: deps
-	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FUZZ_REPLAY)
+	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FUZZ_REPLAY) $(NBDCORE_TOOL)
 	$(Q)$(MAKE) --no-print-directory unit-check fuzz-replay integration-check
 
 unit-check: $(UNIT_BINS)
@@ -125,8 +131,8 @@ fuzz-replay: $(FUZZ_REPLAY)
 	    $$f tests/fuzz/corpus/$$n; \
 	done
 
-integration-check: nbdvault
-	@NBDVAULT=$(abspath $(NBDVAULT)) tests/integration/run.sh
+integration-check: nbdvault $(NBDCORE_TOOL)
+	@NBDVAULT=$(abspath $(NBDVAULT)) NBDCORE_TOOL=$(abspath $(NBDCORE_TOOL)) tests/integration/run.sh $(TESTS)
 
 demo: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/demo.sh

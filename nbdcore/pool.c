@@ -1,0 +1,190 @@
+/* pool.c: a multi-conn pool: N connections to one export, driven together
+ * from one thread with poll().  More than one connection is opened only
+ * when the server advertises NBD_FLAG_CAN_MULTI_CONN; without it the one
+ * connection gets a deeper pipeline instead. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "internal.h"
+
+#define POOL_PIECE (2u * 1024 * 1024)
+#define EXTRA_CONN_TIMEOUT_MS 10000
+
+struct nbd_pool {
+    struct nbd_conn **c;
+    unsigned n;
+};
+
+struct nbd_pool *nbd_pool_open(const char *uri, const struct nbd_conn_opts *opts, unsigned n)
+{
+    struct nbd_pool *p = calloc(1, sizeof *p);
+    struct nbd_conn_opts o = { 0 };
+
+    if (opts)
+        o = *opts;
+    if (n == 0)
+        n = 1;
+    if (!p || !(p->c = calloc(n, sizeof *p->c))) {
+        free(p);
+        nbd_set_error(ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (!(p->c[0] = nbd_connect_uri(uri, &o))) {
+        free(p->c);
+        free(p);
+        return NULL;
+    }
+    p->n = 1;
+    if (n > 1 && nbd_can(p->c[0], NBD_FLAG_CAN_MULTI_CONN)) {
+        /* A server may cap its connections below n (qemu-nbd --shared):
+         * stay with what could be opened. */
+        o.handshake_timeout_ms = EXTRA_CONN_TIMEOUT_MS;
+        for (unsigned i = 1; i < n; i++) {
+            struct nbd_conn *c = nbd_connect_uri(uri, &o);
+            if (!c) {
+                nbd_debug("multi-conn: staying at %u connection(s): %s", p->n, nbd_get_error());
+                break;
+            }
+            if (nbd_get_size(c) != nbd_get_size(p->c[0])) {
+                nbd_close(p->c[0]);
+                for (unsigned j = 1; j < p->n; j++)
+                    nbd_close(p->c[j]);
+                nbd_close(c);
+                free(p->c);
+                free(p);
+                nbd_set_error(EPROTO, "multi-conn: connections disagree on the export size");
+                return NULL;
+            }
+            p->c[p->n++] = c;
+        }
+    } else if (n > 1) {
+        unsigned depth = p->c[0]->opts.max_in_flight * n;
+        p->c[0]->opts.max_in_flight = depth > 256 ? 256 : depth;
+    }
+    return p;
+}
+
+unsigned nbd_pool_size(const struct nbd_pool *p)
+{
+    return p->n;
+}
+
+struct nbd_conn *nbd_pool_conn(struct nbd_pool *p, unsigned i)
+{
+    return i < p->n ? p->c[i] : NULL;
+}
+
+void nbd_pool_close(struct nbd_pool *p)
+{
+    if (!p)
+        return;
+    for (unsigned i = 0; i < p->n; i++)
+        nbd_close(p->c[i]);
+    free(p->c);
+    free(p);
+}
+
+/* One pooled transfer: pieces handed out round-robin, completions counted. */
+struct xfer {
+    unsigned outstanding;
+    int err;
+    char msg[512];
+};
+
+static void xfer_done(void *opaque, int err)
+{
+    struct xfer *x = opaque;
+
+    x->outstanding--;
+    if (err && !x->err) {
+        x->err = err;
+        const char *m = nbd_get_error();
+        size_t n = strnlen(m, sizeof x->msg - 1);
+        memcpy(x->msg, m, n);
+        x->msg[n] = 0;
+    }
+}
+
+/* Polls every connection once and runs what is ready. */
+static int pool_step(struct nbd_pool *p)
+{
+    struct pollfd fds[p->n];
+    bool pending = false;
+
+    for (unsigned i = 0; i < p->n; i++) {
+        fds[i].fd = nbd_get_fd(p->c[i]);
+        fds[i].events = nbd_want_events(p->c[i]);
+        fds[i].revents = 0;
+        if (p->c[i]->sock && nbd_sock_pending(p->c[i]->sock))
+            pending = true;
+    }
+    if (poll(fds, p->n, pending ? 0 : -1) < 0 && errno != EINTR) {
+        nbd_set_error(errno, "poll: %s", strerror(errno));
+        return -1;
+    }
+    for (unsigned i = 0; i < p->n; i++)
+        if (!nbd_is_dead(p->c[i]))
+            nbd_step(p->c[i], fds[i].revents);
+    return 0;
+}
+
+static int pool_transfer(struct nbd_pool *p, bool write, void *buf, uint64_t count,
+                         uint64_t offset)
+{
+    struct xfer x = { 0 };
+    uint64_t pos = 0;
+    uint32_t piece = nbd_max_request(p->c[0]) < POOL_PIECE ? nbd_max_request(p->c[0]) : POOL_PIECE;
+    unsigned next = 0;
+
+    while ((pos < count && !x.err) || x.outstanding) {
+        /* Hand out pieces to every connection that has room. */
+        for (unsigned tries = 0; tries < p->n && pos < count && !x.err; tries++) {
+            struct nbd_conn *c = p->c[next];
+            next = (next + 1) % p->n;
+            while (pos < count && !x.err && !nbd_busy(c) && !nbd_is_dead(c)) {
+                uint64_t len = count - pos < piece ? count - pos : piece;
+                int r = write ? nbd_aio_pwrite(c, (uint8_t *)buf + pos, len, offset + pos, 0,
+                                               xfer_done, &x)
+                              : nbd_aio_pread(c, (uint8_t *)buf + pos, len, offset + pos, 0,
+                                              xfer_done, &x);
+                if (r < 0) {
+                    x.err = nbd_get_errno() ? nbd_get_errno() : EIO;
+                    snprintf(x.msg, sizeof x.msg, "%s", nbd_get_error());
+                    break;
+                }
+                x.outstanding++;
+                pos += len;
+            }
+        }
+        if (!x.outstanding)
+            break;
+        if (pool_step(p) < 0)
+            return -1;
+    }
+    if (x.err) {
+        nbd_set_error(x.err, "%s", x.msg);
+        return -1;
+    }
+    return 0;
+}
+
+int nbd_pool_pread(struct nbd_pool *p, void *buf, uint64_t count, uint64_t offset)
+{
+    return pool_transfer(p, false, buf, count, offset);
+}
+
+int nbd_pool_pwrite(struct nbd_pool *p, const void *buf, uint64_t count, uint64_t offset)
+{
+    return pool_transfer(p, true, (void *)buf, count, offset);
+}
+
+int nbd_pool_flush(struct nbd_pool *p)
+{
+    /* nbd_pool_pwrite returns only once every write has been answered, so
+     * one FLUSH now covers them all (the multi-conn consistency rule). */
+    return nbd_flush(p->c[0], 0);
+}
