@@ -213,6 +213,13 @@ int nbd_pool_pwrite(struct nbd_pool *p, const void *buf, uint64_t count, uint64_
  * answered (the multi-conn consistency rule). */
 int nbd_pool_flush(struct nbd_pool *p);
 void nbd_pool_close(struct nbd_pool *p);
+/* For callers that drive the pool's connections with their own aio
+ * requests: waits until a connection can make progress, extra_fd (when
+ * >= 0) is readable, or timeout_ms passes, then runs the connections.
+ * Returns 1 when extra_fd is readable, else 0; -1 on a poll failure (a
+ * dead connection is not a failure here: its requests complete with
+ * errors). */
+int nbd_pool_poll(struct nbd_pool *p, int extra_fd, int timeout_ms);
 
 /* ---- Names for logs ----------------------------------------------------- */
 const char *nbd_opt_name(uint32_t opt);

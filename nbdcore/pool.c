@@ -109,27 +109,33 @@ static void xfer_done(void *opaque, int err)
     }
 }
 
-/* Polls every connection once and runs what is ready. */
-static int pool_step(struct nbd_pool *p)
+int nbd_pool_poll(struct nbd_pool *p, int extra_fd, int timeout_ms)
 {
-    struct pollfd fds[p->n];
+    struct pollfd fds[p->n + 1];
     bool pending = false;
+    unsigned n = p->n;
 
     for (unsigned i = 0; i < p->n; i++) {
-        fds[i].fd = nbd_get_fd(p->c[i]);
+        fds[i].fd = nbd_is_dead(p->c[i]) ? -1 : nbd_get_fd(p->c[i]);
         fds[i].events = nbd_want_events(p->c[i]);
         fds[i].revents = 0;
-        if (p->c[i]->sock && nbd_sock_pending(p->c[i]->sock))
+        if (p->c[i]->sock && !nbd_is_dead(p->c[i]) && nbd_sock_pending(p->c[i]->sock))
             pending = true;
     }
-    if (poll(fds, p->n, pending ? 0 : -1) < 0 && errno != EINTR) {
+    if (extra_fd >= 0) {
+        fds[n].fd = extra_fd;
+        fds[n].events = POLLIN;
+        fds[n].revents = 0;
+        n++;
+    }
+    if (poll(fds, n, pending ? 0 : timeout_ms) < 0 && errno != EINTR) {
         nbd_set_error(errno, "poll: %s", strerror(errno));
         return -1;
     }
     for (unsigned i = 0; i < p->n; i++)
         if (!nbd_is_dead(p->c[i]))
             nbd_step(p->c[i], fds[i].revents);
-    return 0;
+    return extra_fd >= 0 && (fds[p->n].revents & POLLIN) ? 1 : 0;
 }
 
 static int pool_transfer(struct nbd_pool *p, bool write, void *buf, uint64_t count,
@@ -162,7 +168,7 @@ static int pool_transfer(struct nbd_pool *p, bool write, void *buf, uint64_t cou
         }
         if (!x.outstanding)
             break;
-        if (pool_step(p) < 0)
+        if (nbd_pool_poll(p, -1, -1) < 0)
             return -1;
     }
     if (x.err) {

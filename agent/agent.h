@@ -1,0 +1,95 @@
+/* agent/agent.h: the backup agent: the one public header of agent/.
+ *
+ * A repository is a directory holding the SQLite catalog (catalog.db) and
+ * the pack files (packs/).  Backups read an NBD export through nbdcore;
+ * restores write a file or an NBD export; verify, prune and gc keep the
+ * repository honest and small.  Errors: -1 with common/error.h's message.
+ */
+#ifndef AGENT_H
+#define AGENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AGENT_DEFAULT_CHUNK_SIZE (64u * 1024)
+#define AGENT_MIN_CHUNK_SIZE (64u * 1024)
+#define AGENT_MAX_CHUNK_SIZE (16u * 1024 * 1024)
+#define AGENT_DEFAULT_CONNECTIONS 4
+#define AGENT_DEFAULT_COMPRESS_LEVEL 3
+
+struct agent_repo;
+
+/* Creates a repository (DIR may exist but must not hold one). */
+int agent_repo_init(const char *dir, uint32_t chunk_size);
+/* Opens a repository; with create, makes one with the default chunk size
+ * when DIR holds none. */
+struct agent_repo *agent_repo_open(const char *dir, bool create);
+void agent_repo_close(struct agent_repo *r);
+uint32_t agent_repo_chunk_size(const struct agent_repo *r);
+
+/* Progress of long work: done / total bytes, called at most a few times a
+ * second and once at the end. */
+typedef void (*agent_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+/* Warnings that do not stop the work (a stale lock broken, ...). */
+typedef void (*agent_warn_fn)(void *opaque, const char *msg);
+
+struct agent_backup_opts {
+    const char *uri;
+    const char *disk;
+    const char *bitmap;           /* NULL: full backups only */
+    bool full;                    /* force a full backup */
+    unsigned connections;         /* 0 = default */
+    int compress_level;           /* zstd level; 0 = default */
+    agent_progress_fn progress;
+    agent_warn_fn warn;
+    void *opaque;
+};
+
+struct agent_backup_result {
+    int64_t point, parent;        /* parent 0 = none */
+    bool full;
+    uint64_t disk_size;
+    uint64_t bytes_planned, bytes_read, bytes_stored;
+    uint64_t chunks_new, chunks_reused;
+    unsigned connections;
+    double seconds;
+};
+
+int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
+                 struct agent_backup_result *res);
+
+struct agent_point {
+    int64_t id, parent;
+    char disk[256];
+    bool full;
+    double started, finished;
+    uint64_t disk_size, bytes_stored, bytes_read;
+    char source_uri[512];
+    char bitmap[256];
+};
+
+/* Complete points, oldest first; disk NULL = every disk. */
+int agent_list(struct agent_repo *r, const char *disk,
+               int (*fn)(void *opaque, const struct agent_point *p), void *opaque);
+
+struct agent_restore_opts {
+    const char *disk;
+    int64_t point;                /* 0 = newest */
+    const char *output;           /* a file, or ... */
+    const char *to_uri;           /* ... an NBD export */
+    unsigned connections;
+    agent_progress_fn progress;
+    void *opaque;
+};
+
+struct agent_restore_result {
+    int64_t point;
+    uint64_t disk_size, bytes_written, bytes_zero;
+    double seconds;
+};
+
+int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
+                  struct agent_restore_result *res);
+
+#endif
