@@ -567,11 +567,13 @@ static struct request *queue_request(struct nbd_conn *c, struct op *op, uint16_t
     r->hdrlen = nbd_encode_request(r->hdr, c->extended, flags, type, r->cookie, offset, count);
     r->hnext = *bucket(c, r->cookie);
     *bucket(c, r->cookie) = r;
-    if (c->sendq_tail)
-        c->sendq_tail->next = r;
-    else
-        c->sendq_head = r;
-    c->sendq_tail = r;
+    if (c->sock) { /* detached (tests, fuzzers): counts as sent at once */
+        if (c->sendq_tail)
+            c->sendq_tail->next = r;
+        else
+            c->sendq_head = r;
+        c->sendq_tail = r;
+    }
     c->in_flight++;
     op->pending++;
     return r;
@@ -615,20 +617,25 @@ int nbd_aio_pread(struct nbd_conn *c, void *buf, uint64_t count, uint64_t offset
         end = c->size;
     for (pos = start; pos < end && !op->err;) {
         uint64_t len = end - pos < c->max_request ? end - pos : c->max_request;
-        struct request *r = queue_request(c, op, NBD_CMD_READ, (uint16_t)flags, pos, len);
-        if (!r)
-            break;
         uint64_t ustart = pos > offset ? pos : offset;
         uint64_t uend = pos + len < offset + count ? pos + len : offset + count;
-        if (ustart == pos && uend == pos + len) {
+        bool direct = ustart == pos && uend == pos + len;
+        /* The bounce buffer first: a request on the wire needs somewhere
+         * to put its data. */
+        uint8_t *bounce = direct ? NULL : malloc(len);
+        if (!direct && !bounce) {
+            op_fail(op, ENOMEM, "out of memory");
+            break;
+        }
+        struct request *r = queue_request(c, op, NBD_CMD_READ, (uint16_t)flags, pos, len);
+        if (!r) {
+            free(bounce);
+            break;
+        }
+        if (direct) {
             r->buf = (uint8_t *)buf + (pos - offset);
         } else {
-            r->bounce = malloc(len);
-            if (!r->bounce) {
-                op_fail(op, ENOMEM, "out of memory");
-                r->err = ENOMEM;
-                break;
-            }
+            r->bounce = bounce;
             r->buf = r->bounce;
             r->bounce_skip = ustart - pos;
             r->user_len = uend - ustart;
@@ -657,7 +664,9 @@ int nbd_aio_pwrite(struct nbd_conn *c, const void *buf, uint64_t count, uint64_t
         return -1;
     for (uint64_t pos = 0; pos < count && !op->err;) {
         uint64_t len = count - pos < c->max_request ? count - pos : c->max_request;
-        struct request *r = queue_request(c, op, NBD_CMD_WRITE, (uint16_t)flags, offset + pos, len);
+        /* Extended headers: PAYLOAD_LEN is mandatory on WRITE. */
+        uint16_t fl = (uint16_t)(flags | (c->extended ? NBD_CMD_FLAG_PAYLOAD_LEN : 0));
+        struct request *r = queue_request(c, op, NBD_CMD_WRITE, fl, offset + pos, len);
         if (!r)
             break;
         r->payload = (const uint8_t *)buf + pos;
@@ -1021,6 +1030,19 @@ static int rx_payload_done(struct nbd_conn *c)
     return finish_chunk(c);
 }
 
+/* Whether r has not completely left yet: still queued, or its large
+ * payload still going out from the caller's memory.  Requests leave in
+ * cookie order, so the queue holds exactly the cookies from its head on,
+ * and a payload in transit belongs to the request just before the head.
+ * A server that answers such a request guessed its cookie; completing it
+ * would free a queued request or hand back a buffer still being sent. */
+static bool request_unsent(const struct nbd_conn *c, const struct request *r)
+{
+    uint64_t first_queued = c->sendq_head ? c->sendq_head->cookie : c->next_cookie;
+
+    return r->cookie >= first_queued || (c->direct && r->cookie == first_queued - 1);
+}
+
 static int rx_header(struct nbd_conn *c)
 {
     struct nbd_reply_hdr *h = &c->rx_h;
@@ -1031,6 +1053,9 @@ static int rx_header(struct nbd_conn *c)
     r = inflight_find(c, h->cookie);
     if (!r)
         return KILL(c, "reply for unknown cookie 0x%llx", (unsigned long long)h->cookie);
+    if (request_unsent(c, r))
+        return KILL(c, "reply for cookie 0x%llx before its request was sent",
+                    (unsigned long long)h->cookie);
     c->rx_req = r;
     if (h->simple) {
         if (h->error == 0 && r->type == NBD_CMD_BLOCK_STATUS)
