@@ -22,6 +22,32 @@ struct cli_command {
 
 int cli_info(int argc, char **argv);
 int cli_map(int argc, char **argv);
+int cli_init(int argc, char **argv);
+int cli_backup(int argc, char **argv);
+int cli_list(int argc, char **argv);
+int cli_restore(int argc, char **argv);
+
+/* The configuration file (--config FILE); the command line overrides it. */
+struct cli_config {
+    char *repo;
+    uint32_t chunk_size;
+    unsigned connections;
+    int compress_level;
+    char *bitmap;
+};
+void cli_config_defaults(struct cli_config *c);
+int cli_config_load(struct cli_config *c, const char *path, const char *cmd); /* prints errors */
+void cli_config_free(struct cli_config *c);
+int cli_parse_size(const char *v, uint64_t *out);            /* 64K, 4M, 1G, 1MiB */
+int cli_parse_unsigned(const char *v, unsigned max, unsigned *out);
+
+/* Progress on a terminal. */
+struct cli_progress {
+    const char *what;
+    double start;
+};
+bool cli_progress_wanted(bool json);
+void cli_progress(void *opaque, uint64_t done, uint64_t total);
 
 /* "nbdvault CMD: msg\n" on stderr; returns CLI_EXIT_FAIL / CLI_EXIT_USAGE. */
 int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1,0 +1,1133 @@
+/* backup.c: full and incremental backups of a live NBD export.
+ *
+ *   plan (block status, one window of the disk at a time)
+ *     -> readers (the multi-conn pool, many requests in flight, driven by
+ *        this thread)
+ *     -> batches of consecutive cells (partly dirty cells completed from
+ *        the parent point's chunks in the store, never from the disk)
+ *     -> workers (zero check, SHA-256, dedup look-up, zstd)
+ *     -> pack writer -> catalog rows -> one commit of the point.
+ *
+ * Memory is a fixed number of batch buffers plus one window's extent lists,
+ * whatever the size of the disk.  Nothing reaches the catalog before the
+ * pack holding it is durable, and the point stays 'running' (invisible)
+ * until the final commit: a crash leaves every earlier point as it was.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "agent/internal.h"
+#include "agent/pack.h"
+#include "common/error.h"
+#include "nbdcore/nbdcore.h"
+
+#define BATCH_BYTES (1u << 20)
+#define NBATCHES 12
+#define MAX_BATCH_CELLS 16
+#define WINDOW_BYTES (UINT64_C(256) << 20)
+#define ROW_FLUSH 8192
+#define PACK_MAX_ENTRIES 65536
+#define PENDING_SLOTS (2 * PACK_MAX_ENTRIES)
+#define WORKERS 2
+
+/* ---- Extent lists of one window ------------------------------------------- */
+
+struct ext {
+    uint64_t off, len;
+    uint64_t flags;
+};
+
+struct extv {
+    struct ext *e;
+    size_t n, cap;
+};
+
+static int extv_push(struct extv *v, uint64_t off, uint64_t len, uint64_t flags)
+{
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 256;
+        struct ext *ne = realloc(v->e, cap * sizeof *ne);
+        if (!ne) {
+            error_set(ENOMEM, "out of memory");
+            return -1;
+        }
+        v->e = ne;
+        v->cap = cap;
+    }
+    v->e[v->n++] = (struct ext){ off, len, flags };
+    return 0;
+}
+
+static int collect(void *opaque, const char *ctx, uint64_t off, const struct nbd_extent *e, size_t n)
+{
+    struct extv *v = opaque;
+    for (size_t i = 0; i < n; off += e[i].length, i++)
+        if (extv_push(v, off, e[i].length, e[i].flags) < 0)
+            return -1;
+    return 0;
+}
+
+/* ---- Catalog rows ----------------------------------------------------------- */
+
+struct row {
+    uint64_t cell, count;
+    int64_t chunk_id;             /* 0 zero, > 0 known */
+    int32_t pending;              /* >= 0: index of a chunk in the open pack */
+};
+
+struct rowv {
+    struct row *r;
+    size_t n, cap;
+};
+
+static int rowv_push(struct rowv *v, struct row r)
+{
+    /* Coalesce runs of the same chunk (zero runs mostly). */
+    if (v->n && r.pending < 0 && v->r[v->n - 1].pending < 0 && v->r[v->n - 1].chunk_id == r.chunk_id &&
+        v->r[v->n - 1].cell + v->r[v->n - 1].count == r.cell) {
+        v->r[v->n - 1].count += r.count;
+        return 0;
+    }
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 1024;
+        struct row *nr = realloc(v->r, cap * sizeof *nr);
+        if (!nr) {
+            error_set(ENOMEM, "out of memory");
+            return -1;
+        }
+        v->r = nr;
+        v->cap = cap;
+    }
+    v->r[v->n++] = r;
+    return 0;
+}
+
+/* ---- Batches ---------------------------------------------------------------- */
+
+struct fill {
+    uint32_t cell;                /* index in the batch */
+    uint32_t off, len;            /* within the cell: taken from the parent chunk */
+};
+
+struct batch {
+    struct batch *next;
+    uint64_t first_cell;
+    unsigned ncells;
+    uint8_t *buf;
+    struct ext reads[MAX_BATCH_CELLS * 8];
+    size_t nreads;
+    struct fill *fills;
+    size_t nfills, capfills;
+    int64_t parent_chunk[MAX_BATCH_CELLS];
+    unsigned reads_pending;
+    struct backup *b;
+};
+
+struct backup {
+    struct agent_repo *repo;
+    const struct agent_backup_opts *o;
+    struct nbd_pool *pool;
+    uint64_t size;
+    uint32_t chunk;
+    uint64_t ncells;
+    bool full;
+    int64_t point, parent;
+    const char *bitmap_ctx;       /* "qemu:dirty-bitmap:NAME" or NULL */
+    bool have_alloc;
+    int level;
+
+    /* Main thread. */
+    struct catalog_map *pmap;
+    struct catalog_run prun;
+    bool prun_valid;
+    struct agent_progress progress;
+    uint64_t planned, read_bytes;
+
+    /* Batches. */
+    struct batch batches[NBATCHES];
+    struct batch *free_list;
+    struct batch *work_head, *work_tail;
+    unsigned in_work;             /* queued or being processed by workers */
+    bool stop_workers;
+    int efd;                      /* workers -> main: a batch came back */
+    pthread_mutex_t lock;
+    pthread_cond_t work_cond;
+
+    /* Errors (first wins). */
+    int err;
+    char errmsg[1024];
+
+    /* Store (under store_lock). */
+    pthread_mutex_t store_lock;
+    struct catalog *wcat;         /* writer handle */
+    struct pack_writer *pw;
+    int32_t pending_slot[PENDING_SLOTS];
+    struct rowv ready, pending_rows;
+    uint64_t bytes_stored, chunks_new, chunks_reused;
+};
+
+static void fail(struct backup *b, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(struct backup *b, int err, const char *fmt, ...)
+{
+    va_list ap;
+    pthread_mutex_lock(&b->lock);
+    if (!b->err) {
+        b->err = err ? err : EIO;
+        va_start(ap, fmt);
+        vsnprintf(b->errmsg, sizeof b->errmsg, fmt, ap);
+        va_end(ap);
+    }
+    pthread_mutex_unlock(&b->lock);
+}
+
+static bool failed(struct backup *b)
+{
+    pthread_mutex_lock(&b->lock);
+    bool f = b->err != 0;
+    pthread_mutex_unlock(&b->lock);
+    return f;
+}
+
+static uint64_t cell_len(const struct backup *b, uint64_t cell)
+{
+    uint64_t off = cell * b->chunk;
+    return b->size - off < b->chunk ? b->size - off : b->chunk;
+}
+
+/* ---- Store: pending chunks, packs, rows (callers hold store_lock) ---------- */
+
+static size_t slot_of(const uint8_t *hash)
+{
+    uint64_t h;
+    memcpy(&h, hash, sizeof h);
+    return (size_t)(h % PENDING_SLOTS);
+}
+
+static int32_t pending_find(struct backup *b, const uint8_t *hash)
+{
+    if (!b->pw)
+        return -1;
+    const struct pack_entry *ent = pack_writer_entries(b->pw);
+    for (size_t s = slot_of(hash);; s = (s + 1) % PENDING_SLOTS) {
+        int32_t i = b->pending_slot[s];
+        if (i < 0)
+            return -1;
+        if (!memcmp(ent[i].hash, hash, PACK_HASH_LEN))
+            return i;
+    }
+}
+
+static void pending_insert(struct backup *b, const uint8_t *hash, int32_t idx)
+{
+    size_t s = slot_of(hash);
+    while (b->pending_slot[s] >= 0)
+        s = (s + 1) % PENDING_SLOTS;
+    b->pending_slot[s] = idx;
+}
+
+static int flush_ready(struct backup *b)
+{
+    if (!b->ready.n)
+        return 0;
+    struct catalog_run *runs = malloc(b->ready.n * sizeof *runs);
+    if (!runs) {
+        error_set(ENOMEM, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < b->ready.n; i++)
+        runs[i] = (struct catalog_run){ b->ready.r[i].cell, b->ready.r[i].count,
+                                        b->ready.r[i].chunk_id, 0 };
+    int r = catalog_cells_add(b->wcat, b->point, runs, b->ready.n);
+    free(runs);
+    if (r == 0)
+        b->ready.n = 0;
+    return r;
+}
+
+/* The open pack is full (or the backup is ending): make it durable, record
+ * it, then the rows that waited for it. */
+static int finish_pack(struct backup *b)
+{
+    char name[PACK_NAME_MAX];
+    uint64_t psize;
+    int ret = -1;
+
+    if (!b->pw)
+        return 0;
+    size_t n = pack_writer_count(b->pw);
+    if (n == 0) {
+        pack_writer_free(b->pw);
+        b->pw = NULL;
+        return 0;
+    }
+    if (pack_writer_finish(b->pw, name, &psize) < 0)
+        return -1;
+    const struct pack_entry *ent = pack_writer_entries(b->pw);
+    struct catalog_chunk *ch = calloc(n, sizeof *ch);
+    int64_t *ids = calloc(n, sizeof *ids);
+    if (!ch || !ids) {
+        error_set(ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        memcpy(ch[i].hash, ent[i].hash, PACK_HASH_LEN);
+        ch[i].offset = ent[i].offset;
+        ch[i].stored_len = ent[i].stored_len;
+        ch[i].plain_len = ent[i].plain_len;
+        ch[i].codec = ent[i].codec;
+        ch[i].crc = ent[i].crc;
+    }
+    if (catalog_pack_add(b->wcat, name, psize, ch, n, ids) < 0)
+        goto out;
+    for (size_t i = 0; i < b->pending_rows.n; i++) {
+        struct row r = b->pending_rows.r[i];
+        r.chunk_id = ids[r.pending];
+        r.pending = -1;
+        if (rowv_push(&b->ready, r) < 0)
+            goto out;
+    }
+    b->pending_rows.n = 0;
+    if (flush_ready(b) < 0)
+        goto out;
+    ret = 0;
+out:
+    free(ch);
+    free(ids);
+    pack_writer_free(b->pw);
+    b->pw = NULL;
+    memset(b->pending_slot, 0xff, sizeof b->pending_slot);
+    return ret;
+}
+
+static int add_row_locked(struct backup *b, struct row r)
+{
+    if (r.pending >= 0)
+        return rowv_push(&b->pending_rows, r);
+    if (rowv_push(&b->ready, r) < 0)
+        return -1;
+    return b->ready.n >= ROW_FLUSH ? flush_ready(b) : 0;
+}
+
+static int add_row(struct backup *b, struct row r)
+{
+    pthread_mutex_lock(&b->store_lock);
+    int ret = add_row_locked(b, r);
+    pthread_mutex_unlock(&b->store_lock);
+    return ret;
+}
+
+/* ---- Workers -------------------------------------------------------------- */
+
+struct worker {
+    struct backup *b;
+    pthread_t tid;
+    struct catalog *cat;
+    struct pack_reader *reader;
+    ZSTD_CCtx *cctx;
+    uint8_t *out;                 /* compressed chunk */
+    size_t outcap;
+    uint8_t *parent;              /* decoded parent chunk */
+};
+
+static bool all_zero(const uint8_t *p, size_t len)
+{
+    static const uint8_t zero[4096];
+    while (len >= sizeof zero) {
+        if (memcmp(p, zero, sizeof zero))
+            return false;
+        p += sizeof zero;
+        len -= sizeof zero;
+    }
+    return memcmp(p, zero, len) == 0;
+}
+
+static int load_parent(struct worker *w, int64_t chunk_id, uint64_t len)
+{
+    struct catalog_chunk ch;
+    if (catalog_chunk_get(w->cat, chunk_id, &ch) < 0)
+        return -1;
+    if (ch.plain_len != len) {
+        error_set(EIO, "parent chunk %lld has %u bytes where the cell has %llu", (long long)chunk_id,
+                  ch.plain_len, (unsigned long long)len);
+        return -1;
+    }
+    struct pack_entry e = { .codec = ch.codec, .stored_len = ch.stored_len,
+                            .plain_len = ch.plain_len, .crc = ch.crc, .offset = ch.offset };
+    memcpy(e.hash, ch.hash, PACK_HASH_LEN);
+    return pack_reader_get(w->reader, ch.pack, &e, w->parent);
+}
+
+static int process_cell(struct worker *w, struct batch *bt, unsigned i)
+{
+    struct backup *b = w->b;
+    uint64_t cell = bt->first_cell + i, len = cell_len(b, cell);
+    uint8_t *data = bt->buf + (size_t)i * b->chunk;
+    uint8_t hash[PACK_HASH_LEN];
+    struct catalog_chunk found;
+    bool loaded = false;
+
+    for (size_t f = 0; f < bt->nfills; f++) {
+        if (bt->fills[f].cell != i)
+            continue;
+        if (!bt->parent_chunk[i])
+            continue; /* the parent's cell is zero: the buffer already is */
+        if (!loaded) {
+            if (load_parent(w, bt->parent_chunk[i], len) < 0) {
+                error_prefix("cell %llu: parent chunk: ", (unsigned long long)cell);
+                return -1;
+            }
+            loaded = true;
+        }
+        memcpy(data + bt->fills[f].off, w->parent + bt->fills[f].off, bt->fills[f].len);
+    }
+    if (all_zero(data, len))
+        return add_row(b, (struct row){ cell, 1, 0, -1 });
+
+    chunk_hash(data, len, hash);
+    pthread_mutex_lock(&b->store_lock);
+    int32_t p = pending_find(b, hash);
+    if (p >= 0) {
+        b->chunks_reused++;
+        int r = add_row_locked(b, (struct row){ cell, 1, 0, p });
+        pthread_mutex_unlock(&b->store_lock);
+        return r;
+    }
+    pthread_mutex_unlock(&b->store_lock);
+
+    int f = catalog_chunk_find(w->cat, hash, &found);
+    if (f < 0)
+        return -1;
+    if (f > 0) {
+        pthread_mutex_lock(&b->store_lock);
+        b->chunks_reused++;
+        int r = add_row_locked(b, (struct row){ cell, 1, found.id, -1 });
+        pthread_mutex_unlock(&b->store_lock);
+        return r;
+    }
+
+    size_t stored;
+    uint8_t codec;
+    if (chunk_compress(w->cctx, b->level, data, len, w->out, w->outcap, &stored, &codec) < 0)
+        return -1;
+    struct pack_entry e = { .codec = codec, .stored_len = (uint32_t)stored,
+                            .plain_len = (uint32_t)len, .crc = chunk_crc(w->out, stored) };
+    memcpy(e.hash, hash, PACK_HASH_LEN);
+
+    pthread_mutex_lock(&b->store_lock);
+    int ret = 0;
+    p = pending_find(b, hash); /* another worker may have stored it meanwhile */
+    if (p >= 0) {
+        b->chunks_reused++;
+        ret = add_row_locked(b, (struct row){ cell, 1, 0, p });
+        goto out;
+    }
+    if (!b->pw && !(b->pw = pack_writer_open(b->repo->dir))) {
+        ret = -1;
+        goto out;
+    }
+    if (pack_writer_add(b->pw, &e, w->out) < 0) {
+        ret = -1;
+        goto out;
+    }
+    p = (int32_t)(pack_writer_count(b->pw) - 1);
+    pending_insert(b, hash, p);
+    b->chunks_new++;
+    b->bytes_stored += stored;
+    ret = add_row_locked(b, (struct row){ cell, 1, 0, p });
+    if (ret == 0 && (pack_writer_size(b->pw) >= PACK_TARGET_SIZE ||
+                     pack_writer_count(b->pw) >= PACK_MAX_ENTRIES))
+        ret = finish_pack(b);
+out:
+    pthread_mutex_unlock(&b->store_lock);
+    return ret;
+}
+
+static void batch_release(struct backup *b, struct batch *bt)
+{
+    uint64_t one = 1;
+    pthread_mutex_lock(&b->lock);
+    bt->next = b->free_list;
+    b->free_list = bt;
+    b->in_work--;
+    pthread_mutex_unlock(&b->lock);
+    if (write(b->efd, &one, sizeof one) < 0) {
+        /* the main thread also polls with a timeout */
+    }
+}
+
+static void *worker_main(void *opaque)
+{
+    struct worker *w = opaque;
+    struct backup *b = w->b;
+
+    for (;;) {
+        pthread_mutex_lock(&b->lock);
+        while (!b->work_head && !b->stop_workers)
+            pthread_cond_wait(&b->work_cond, &b->lock);
+        struct batch *bt = b->work_head;
+        if (!bt) {
+            pthread_mutex_unlock(&b->lock);
+            return NULL;
+        }
+        b->work_head = bt->next;
+        if (!b->work_head)
+            b->work_tail = NULL;
+        bool skip = b->err != 0;
+        pthread_mutex_unlock(&b->lock);
+
+        for (unsigned i = 0; i < bt->ncells && !skip; i++) {
+            if (process_cell(w, bt, i) < 0) {
+                fail(b, error_errno(), "%s", error_msg());
+                break;
+            }
+        }
+        batch_release(b, bt);
+    }
+}
+
+static void queue_work(struct backup *b, struct batch *bt)
+{
+    pthread_mutex_lock(&b->lock);
+    bt->next = NULL;
+    if (b->work_tail)
+        b->work_tail->next = bt;
+    else
+        b->work_head = bt;
+    b->work_tail = bt;
+    pthread_cond_signal(&b->work_cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* ---- Reading ---------------------------------------------------------------- */
+
+static void read_done(void *opaque, int err)
+{
+    struct batch *bt = opaque;
+    struct backup *b = bt->b;
+
+    if (err)
+        fail(b, err, "read from %s: %s", b->o->uri, error_msg());
+    if (--bt->reads_pending == 0)
+        queue_work(b, bt);
+}
+
+static struct nbd_conn *least_loaded(struct backup *b)
+{
+    struct nbd_conn *best = NULL;
+    for (unsigned i = 0; i < nbd_pool_size(b->pool); i++) {
+        struct nbd_conn *c = nbd_pool_conn(b->pool, i);
+        if (nbd_is_dead(c))
+            continue;
+        if (!best || nbd_in_flight(c) < nbd_in_flight(best))
+            best = c;
+    }
+    return best;
+}
+
+static void dispatch(struct backup *b, struct batch *bt)
+{
+    pthread_mutex_lock(&b->lock);
+    b->in_work++;
+    pthread_mutex_unlock(&b->lock);
+    if (bt->nreads == 0) {
+        queue_work(b, bt);
+        return;
+    }
+    bt->reads_pending = 1; /* held while submitting */
+    uint64_t base = bt->first_cell * b->chunk;
+    for (size_t i = 0; i < bt->nreads; i++) {
+        struct nbd_conn *c = least_loaded(b);
+        if (!c) {
+            fail(b, EIO, "read from %s: every connection is dead", b->o->uri);
+            break;
+        }
+        if (nbd_aio_pread(c, bt->buf + (bt->reads[i].off - base), bt->reads[i].len,
+                          bt->reads[i].off, 0, read_done, bt) < 0) {
+            fail(b, error_errno(), "read from %s: %s", b->o->uri, error_msg());
+            break;
+        }
+        bt->reads_pending++;
+        b->read_bytes += bt->reads[i].len;
+    }
+    if (--bt->reads_pending == 0)
+        queue_work(b, bt);
+}
+
+/* Runs the connections until something happens (a read completes or a
+ * worker hands a batch back). */
+static int drive(struct backup *b)
+{
+    int r = nbd_pool_poll(b->pool, b->efd, 250);
+    if (r < 0) {
+        fail(b, error_errno(), "%s", error_msg());
+        return -1;
+    }
+    if (r > 0) {
+        uint64_t v;
+        if (read(b->efd, &v, sizeof v) < 0) {
+            /* nothing to drain */
+        }
+    }
+    agent_progress_report(&b->progress, b->read_bytes, b->planned, 0);
+    return 0;
+}
+
+static struct batch *get_batch(struct backup *b)
+{
+    for (;;) {
+        pthread_mutex_lock(&b->lock);
+        struct batch *bt = b->free_list;
+        if (bt)
+            b->free_list = bt->next;
+        pthread_mutex_unlock(&b->lock);
+        if (bt) {
+            bt->nreads = bt->nfills = 0;
+            bt->ncells = 0;
+            bt->b = b;
+            return bt;
+        }
+        if (failed(b) || drive(b) < 0)
+            return NULL;
+    }
+}
+
+/* ---- Planning ----------------------------------------------------------------- */
+
+/* The parent's chunk for a cell (0 = zero), from a cursor over the parent's
+ * resolved map that only moves forward. */
+static int parent_chunk(struct backup *b, uint64_t cell, int64_t *chunk)
+{
+    while (!b->prun_valid || b->prun.first_cell + b->prun.count <= cell) {
+        int r = catalog_map_next(b->pmap, &b->prun);
+        if (r < 0)
+            return -1;
+        if (r == 0) {
+            *chunk = 0;
+            b->prun_valid = false;
+            return 0;
+        }
+        b->prun_valid = true;
+    }
+    *chunk = b->prun.first_cell <= cell ? b->prun.chunk_id : 0;
+    return 0;
+}
+
+/* Intersections of [s, e) with the extents of v (from *idx on) that match
+ * (flags & mask) == want; calls fn for each piece. */
+static int each_piece(const struct extv *v, size_t *idx, uint64_t s, uint64_t e, uint64_t mask,
+                      uint64_t want, int (*fn)(void *, uint64_t, uint64_t), void *opaque)
+{
+    while (*idx < v->n && v->e[*idx].off + v->e[*idx].len <= s)
+        (*idx)++;
+    for (size_t i = *idx; i < v->n && v->e[i].off < e; i++) {
+        if ((v->e[i].flags & mask) != want)
+            continue;
+        uint64_t ps = v->e[i].off > s ? v->e[i].off : s;
+        uint64_t pe = v->e[i].off + v->e[i].len < e ? v->e[i].off + v->e[i].len : e;
+        if (ps < pe && fn(opaque, ps, pe) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+struct cellplan {
+    struct backup *b;
+    struct extv *alloc;
+    size_t aidx;
+    uint64_t reads[64][2];        /* disk ranges to read, merged */
+    size_t nreads;
+    uint64_t dirty[64][2];
+    size_t ndirty;
+    bool overflow;
+};
+
+static int add_read(void *opaque, uint64_t s, uint64_t e)
+{
+    struct cellplan *p = opaque;
+    if (p->nreads && p->reads[p->nreads - 1][1] == s) {
+        p->reads[p->nreads - 1][1] = e;
+        return 0;
+    }
+    if (p->nreads == 64) {
+        p->overflow = true;
+        return 0;
+    }
+    p->reads[p->nreads][0] = s;
+    p->reads[p->nreads][1] = e;
+    p->nreads++;
+    return 0;
+}
+
+static int add_dirty_piece(void *opaque, uint64_t s, uint64_t e)
+{
+    struct cellplan *p = opaque;
+    if (p->ndirty && p->dirty[p->ndirty - 1][1] == s) {
+        p->dirty[p->ndirty - 1][1] = e;
+        return 0;
+    }
+    if (p->ndirty == 64) {
+        p->overflow = true;
+        return 0;
+    }
+    p->dirty[p->ndirty][0] = s;
+    p->dirty[p->ndirty][1] = e;
+    p->ndirty++;
+    return 0;
+}
+
+/* Reads of [s, e) that base:allocation reports as data (zero extents are
+ * left as zeros in the buffer, unread). */
+static int plan_reads(struct cellplan *p, uint64_t s, uint64_t e)
+{
+    if (!p->b->have_alloc)
+        return add_read(p, s, e);
+    return each_piece(p->alloc, &p->aidx, s, e, NBD_STATE_ZERO, 0, add_read, p);
+}
+
+struct window {
+    struct extv alloc, dirty;
+    size_t didx;
+};
+
+static int load_window(struct backup *b, struct window *w, uint64_t ws, uint64_t we)
+{
+    struct nbd_conn *c = nbd_pool_conn(b->pool, 0);
+    w->alloc.n = w->dirty.n = 0;
+    w->didx = 0;
+    if (b->have_alloc &&
+        nbd_block_status_walk(c, NBD_CONTEXT_BASE_ALLOCATION, ws, we - ws, true, collect, &w->alloc) < 0) {
+        error_prefix("block status (base:allocation) of %s: ", b->o->uri);
+        return -1;
+    }
+    if (!b->full &&
+        nbd_block_status_walk(c, b->bitmap_ctx, ws, we - ws, true, collect, &w->dirty) < 0) {
+        error_prefix("block status (%s) of %s: ", b->bitmap_ctx, b->o->uri);
+        return -1;
+    }
+    return 0;
+}
+
+static int sum_read(void *opaque, uint64_t s, uint64_t e)
+{
+    *(uint64_t *)opaque += e - s;
+    return 0;
+}
+
+/* bytes_planned: what the plan will read, from one pass over block status. */
+static int count_planned(struct backup *b)
+{
+    struct window w = { 0 };
+    int ret = -1;
+
+    for (uint64_t ws = 0; ws < b->size; ws += WINDOW_BYTES) {
+        uint64_t we = b->size - ws < WINDOW_BYTES ? b->size : ws + WINDOW_BYTES;
+        if (load_window(b, &w, ws, we) < 0)
+            goto out;
+        if (b->full) {
+            if (!b->have_alloc)
+                b->planned += we - ws;
+            else {
+                size_t ai = 0;
+                each_piece(&w.alloc, &ai, ws, we, NBD_STATE_ZERO, 0, sum_read, &b->planned);
+            }
+        } else {
+            for (size_t i = 0; i < w.dirty.n; i++) {
+                if (!(w.dirty.e[i].flags & NBD_STATE_DIRTY))
+                    continue;
+                /* Whole cells around dirty data are what get planned: the
+                 * reads stay within the dirty extents themselves. */
+                uint64_t s = w.dirty.e[i].off, e = s + w.dirty.e[i].len;
+                if (!b->have_alloc)
+                    b->planned += e - s;
+                else {
+                    size_t ai = 0;
+                    each_piece(&w.alloc, &ai, s, e, NBD_STATE_ZERO, 0, sum_read, &b->planned);
+                }
+            }
+        }
+    }
+    ret = 0;
+out:
+    free(w.alloc.e);
+    free(w.dirty.e);
+    return ret;
+}
+
+static int plan_and_read(struct backup *b)
+{
+    struct window w = { 0 };
+    struct batch *bt = NULL;
+    int ret = -1;
+
+    for (uint64_t ws = 0; ws < b->size && !failed(b); ws += WINDOW_BYTES) {
+        uint64_t we = b->size - ws < WINDOW_BYTES ? b->size : ws + WINDOW_BYTES;
+        if (load_window(b, &w, ws, we) < 0) {
+            fail(b, error_errno(), "%s", error_msg());
+            break;
+        }
+        struct cellplan p = { .b = b, .alloc = &w.alloc };
+        for (uint64_t cell = ws / b->chunk; cell * b->chunk < we && !failed(b); cell++) {
+            uint64_t cs = cell * b->chunk, ce = cs + cell_len(b, cell);
+            p.nreads = p.ndirty = 0;
+            p.overflow = false;
+            int64_t pchunk = 0;
+            if (b->full) {
+                plan_reads(&p, cs, ce);
+            } else {
+                each_piece(&w.dirty, &w.didx, cs, ce, NBD_STATE_DIRTY, NBD_STATE_DIRTY,
+                           add_dirty_piece, &p);
+                if (p.ndirty == 0)
+                    continue; /* unchanged: inherited from the parent */
+                for (size_t d = 0; d < p.ndirty && !p.overflow; d++)
+                    plan_reads(&p, p.dirty[d][0], p.dirty[d][1]);
+                if (p.overflow) {
+                    /* Too fragmented to track: treat the cell as wholly dirty. */
+                    p.nreads = p.ndirty = 0;
+                    p.overflow = false;
+                    add_dirty_piece(&p, cs, ce);
+                    plan_reads(&p, cs, ce);
+                }
+                bool partial = !(p.ndirty == 1 && p.dirty[0][0] == cs && p.dirty[0][1] == ce);
+                if (partial && parent_chunk(b, cell, &pchunk) < 0) {
+                    fail(b, error_errno(), "%s", error_msg());
+                    break;
+                }
+            }
+            if (p.overflow) { /* full backup of a very fragmented cell */
+                p.nreads = 0;
+                p.overflow = false;
+                add_read(&p, cs, ce);
+            }
+            if (p.nreads == 0 && pchunk == 0) {
+                /* All zero, nothing to read: a zero cell. */
+                if (bt && bt->ncells) {
+                    dispatch(b, bt);
+                    bt = NULL;
+                }
+                if (add_row(b, (struct row){ cell, 1, 0, -1 }) < 0) {
+                    fail(b, error_errno(), "%s", error_msg());
+                    break;
+                }
+                continue;
+            }
+            /* A cell to process: into the current batch if contiguous. */
+            unsigned maxcells = BATCH_BYTES / b->chunk ? BATCH_BYTES / b->chunk : 1;
+            if (bt && (bt->ncells == maxcells || bt->first_cell + bt->ncells != cell ||
+                       bt->nreads + p.nreads > sizeof bt->reads / sizeof *bt->reads)) {
+                dispatch(b, bt);
+                bt = NULL;
+            }
+            if (!bt) {
+                if (!(bt = get_batch(b)))
+                    break;
+                bt->first_cell = cell;
+                memset(bt->buf, 0, (size_t)maxcells * b->chunk);
+            }
+            unsigned i = bt->ncells++;
+            bt->parent_chunk[i] = pchunk;
+            for (size_t r = 0; r < p.nreads; r++) {
+                if (bt->nreads && bt->reads[bt->nreads - 1].off + bt->reads[bt->nreads - 1].len ==
+                                      p.reads[r][0])
+                    bt->reads[bt->nreads - 1].len += p.reads[r][1] - p.reads[r][0];
+                else
+                    bt->reads[bt->nreads++] = (struct ext){ p.reads[r][0], p.reads[r][1] - p.reads[r][0], 0 };
+            }
+            if (pchunk) {
+                /* The clean parts come from the parent's chunk. */
+                uint64_t pos = cs;
+                for (size_t d = 0; d <= p.ndirty; d++) {
+                    uint64_t gap_end = d < p.ndirty ? p.dirty[d][0] : ce;
+                    if (gap_end > pos) {
+                        if (bt->nfills == bt->capfills) {
+                            size_t cap = bt->capfills ? bt->capfills * 2 : 64;
+                            struct fill *nf = realloc(bt->fills, cap * sizeof *nf);
+                            if (!nf) {
+                                fail(b, ENOMEM, "out of memory");
+                                break;
+                            }
+                            bt->fills = nf;
+                            bt->capfills = cap;
+                        }
+                        bt->fills[bt->nfills++] = (struct fill){ i, (uint32_t)(pos - cs),
+                                                                 (uint32_t)(gap_end - pos) };
+                    }
+                    if (d < p.ndirty)
+                        pos = p.dirty[d][1];
+                }
+            }
+        }
+    }
+    if (bt) {
+        if (bt->ncells && !failed(b))
+            dispatch(b, bt);
+        else {
+            pthread_mutex_lock(&b->lock);
+            bt->next = b->free_list;
+            b->free_list = bt;
+            pthread_mutex_unlock(&b->lock);
+        }
+    }
+    /* Wait for every read and every batch. */
+    for (;;) {
+        pthread_mutex_lock(&b->lock);
+        unsigned busy = b->in_work;
+        pthread_mutex_unlock(&b->lock);
+        bool inflight = false;
+        for (unsigned i = 0; i < nbd_pool_size(b->pool); i++)
+            if (nbd_in_flight(nbd_pool_conn(b->pool, i)))
+                inflight = true;
+        if (!busy && !inflight)
+            break;
+        if (nbd_pool_poll(b->pool, b->efd, 250) > 0) {
+            uint64_t v;
+            if (read(b->efd, &v, sizeof v) < 0) {
+                /* nothing */
+            }
+        }
+        agent_progress_report(&b->progress, b->read_bytes, b->planned, 0);
+    }
+    ret = failed(b) ? -1 : 0;
+    free(w.alloc.e);
+    free(w.dirty.e);
+    return ret;
+}
+
+/* ---- The backup ---------------------------------------------------------------- */
+
+static void warn(const struct agent_backup_opts *o, const char *msg)
+{
+    if (o->warn)
+        o->warn(o->opaque, msg);
+}
+
+int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
+                 struct agent_backup_result *res)
+{
+    struct backup *b = calloc(1, sizeof *b);
+    struct worker workers[WORKERS];
+    unsigned nworkers = 0;
+    char lockname[300], broken[512] = "";
+    bool locked = false;
+    int ret = -1;
+    double t0 = agent_now();
+    char *ctxname = NULL;
+
+    memset(workers, 0, sizeof workers);
+    memset(res, 0, sizeof *res);
+    if (!b) {
+        error_set(ENOMEM, "out of memory");
+        return -1;
+    }
+    b->repo = r;
+    b->o = o;
+    b->chunk = r->chunk_size;
+    b->level = o->compress_level ? o->compress_level : AGENT_DEFAULT_COMPRESS_LEVEL;
+    b->efd = -1;
+    b->progress = (struct agent_progress){ o->progress, o->opaque, 0 };
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_mutex_init(&b->store_lock, NULL);
+    pthread_cond_init(&b->work_cond, NULL);
+    memset(b->pending_slot, 0xff, sizeof b->pending_slot);
+
+    if (b->level < 1 || b->level > ZSTD_maxCLevel()) {
+        error_set(EINVAL, "compression level %d is outside 1..%d", b->level, ZSTD_maxCLevel());
+        goto out;
+    }
+    snprintf(lockname, sizeof lockname, "disk:%s", o->disk);
+    if (catalog_lock(r->cat, lockname, broken, sizeof broken) < 0)
+        goto out;
+    locked = true;
+    if (broken[0])
+        warn(o, broken);
+
+    /* Connect, asking for the contexts the plan needs. */
+    const char *ctxs[3] = { NBD_CONTEXT_BASE_ALLOCATION, NULL, NULL };
+    if (o->bitmap) {
+        if (asprintf(&ctxname, "%s%s", NBD_CONTEXT_QEMU_DIRTY_BITMAP_PREFIX, o->bitmap) < 0) {
+            error_set(ENOMEM, "out of memory");
+            goto out;
+        }
+        ctxs[1] = ctxname;
+    }
+    struct nbd_conn_opts copts = { .meta_contexts = ctxs };
+    b->pool = nbd_pool_open(o->uri, &copts,
+                            o->connections ? o->connections : AGENT_DEFAULT_CONNECTIONS);
+    if (!b->pool) {
+        error_prefix("%s: ", o->uri);
+        goto out;
+    }
+    struct nbd_conn *c0 = nbd_pool_conn(b->pool, 0);
+    b->size = nbd_get_size(c0);
+    b->ncells = (b->size + b->chunk - 1) / b->chunk;
+    b->have_alloc = nbd_has_context(c0, NBD_CONTEXT_BASE_ALLOCATION);
+    if (o->bitmap && !nbd_has_context(c0, ctxname)) {
+        error_set(ENOENT, "%s: the export does not offer the dirty bitmap \"%s\" (%s)", o->uri,
+                  o->bitmap, ctxname);
+        goto out;
+    }
+
+    /* Full or incremental. */
+    int64_t disk_id;
+    struct catalog_point parent;
+    int found = catalog_disk_find(r->cat, o->disk, &disk_id);
+    if (found < 0)
+        goto out;
+    if (!found && (disk_id = catalog_disk_add(r->cat, o->disk)) < 0)
+        goto out;
+    int have_parent = catalog_point_latest(r->cat, disk_id, &parent);
+    if (have_parent < 0)
+        goto out;
+    b->full = o->full || !have_parent || !o->bitmap;
+    if (!b->full && parent.disk_size != b->size) {
+        error_set(EINVAL, "%s: the export's size %llu differs from point %lld's size %llu; "
+                          "take a --full backup", o->uri, (unsigned long long)b->size,
+                  (long long)parent.id, (unsigned long long)parent.disk_size);
+        goto out;
+    }
+    b->parent = have_parent ? parent.id : 0;
+    b->bitmap_ctx = ctxname;
+
+    struct catalog_point np = { .disk_id = disk_id, .parent = b->full ? 0 : b->parent,
+                                .full = b->full, .started = t0, .disk_size = b->size };
+    snprintf(np.source_uri, sizeof np.source_uri, "%s", o->uri);
+    snprintf(np.bitmap, sizeof np.bitmap, "%s", o->bitmap ? o->bitmap : "");
+    if ((b->point = catalog_point_begin(r->cat, &np)) < 0)
+        goto out;
+    if (!b->full && !(b->pmap = catalog_map_open(r->cat, b->parent, 0, b->ncells)))
+        goto abort;
+    if (!(b->wcat = catalog_open(r->catalog_path)))
+        goto abort;
+
+    /* Buffers and workers. */
+    size_t bufsize = b->chunk > BATCH_BYTES ? b->chunk : BATCH_BYTES;
+    for (unsigned i = 0; i < NBATCHES; i++) {
+        if (!(b->batches[i].buf = malloc(bufsize))) {
+            error_set(ENOMEM, "out of memory");
+            goto abort;
+        }
+        b->batches[i].next = b->free_list;
+        b->free_list = &b->batches[i];
+    }
+    if ((b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+        error_set(errno, "eventfd: %s", strerror(errno));
+        goto abort;
+    }
+    for (; nworkers < WORKERS; nworkers++) {
+        struct worker *w = &workers[nworkers];
+        w->b = b;
+        w->outcap = chunk_bound(b->chunk);
+        if (!(w->cat = catalog_open(r->catalog_path)) || !(w->reader = pack_reader_open(r->dir)) ||
+            !(w->cctx = ZSTD_createCCtx()) || !(w->out = malloc(w->outcap)) ||
+            !(w->parent = malloc(b->chunk))) {
+            if (!w->cctx || !w->out || !w->parent)
+                error_set(ENOMEM, "out of memory");
+            goto stop;
+        }
+        if (pthread_create(&w->tid, NULL, worker_main, w) != 0) {
+            error_set(EAGAIN, "cannot start a worker thread");
+            goto stop;
+        }
+    }
+
+    if (count_planned(b) < 0)
+        goto stop;
+    agent_progress_report(&b->progress, 0, b->planned, 1);
+    plan_and_read(b);
+
+stop:
+    pthread_mutex_lock(&b->lock);
+    b->stop_workers = true;
+    pthread_cond_broadcast(&b->work_cond);
+    pthread_mutex_unlock(&b->lock);
+    for (unsigned i = 0; i < WORKERS; i++) {
+        struct worker *w = &workers[i];
+        if (w->tid)
+            pthread_join(w->tid, NULL);
+        catalog_close(w->cat);
+        pack_reader_close(w->reader);
+        ZSTD_freeCCtx(w->cctx);
+        free(w->out);
+        free(w->parent);
+    }
+    if (b->err) {
+        error_set(b->err, "%s", b->errmsg);
+        goto abort;
+    }
+    if (nworkers < WORKERS)
+        goto abort;
+    agent_progress_report(&b->progress, b->read_bytes, b->planned, 1);
+
+    /* Everything read and processed: the last pack, the last rows, then the
+     * one transaction that makes the point visible. */
+    if (finish_pack(b) < 0 || flush_ready(b) < 0)
+        goto abort;
+    np.id = b->point;
+    np.finished = agent_now();
+    np.bytes_planned = b->planned;
+    np.bytes_read = b->read_bytes;
+    np.bytes_stored = b->bytes_stored;
+    np.chunks_new = b->chunks_new;
+    np.chunks_reused = b->chunks_reused;
+    if (catalog_point_commit(r->cat, &np) < 0)
+        goto abort;
+
+    res->point = b->point;
+    res->parent = np.parent;
+    res->full = b->full;
+    res->disk_size = b->size;
+    res->bytes_planned = b->planned;
+    res->bytes_read = b->read_bytes;
+    res->bytes_stored = b->bytes_stored;
+    res->chunks_new = b->chunks_new;
+    res->chunks_reused = b->chunks_reused;
+    res->connections = nbd_pool_size(b->pool);
+    res->seconds = agent_now() - t0;
+    ret = 0;
+    goto out;
+
+abort:;
+    /* Keep the error of the failure, not of the clean-up. */
+    int err = error_errno();
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", error_msg());
+    pack_writer_free(b->pw);
+    b->pw = NULL;
+    if (b->point > 0)
+        catalog_point_abort(r->cat, b->point);
+    error_set(err, "%s", msg);
+out:
+    if (ret < 0 && b->pw)
+        pack_writer_free(b->pw);
+    catalog_map_close(b->pmap);
+    catalog_close(b->wcat);
+    if (locked) {
+        int err2 = error_errno();
+        char msg2[1024];
+        snprintf(msg2, sizeof msg2, "%s", error_msg());
+        catalog_unlock(r->cat, lockname);
+        if (ret < 0)
+            error_set(err2, "%s", msg2);
+    }
+    nbd_pool_close(b->pool);
+    for (unsigned i = 0; i < NBATCHES; i++) {
+        free(b->batches[i].buf);
+        free(b->batches[i].fills);
+    }
+    if (b->efd >= 0)
+        close(b->efd);
+    free(b->ready.r);
+    free(b->pending_rows.r);
+    free(ctxname);
+    pthread_mutex_destroy(&b->lock);
+    pthread_mutex_destroy(&b->store_lock);
+    pthread_cond_destroy(&b->work_cond);
+    free(b);
+    return ret;
+}

@@ -1,0 +1,27 @@
+/* agent/internal.h (agent internal): what the agent's files share. */
+#ifndef AGENT_INTERNAL_H
+#define AGENT_INTERNAL_H
+
+#include <stdint.h>
+
+#include "agent/agent.h"
+#include "catalog/catalog.h"
+
+struct agent_repo {
+    char *dir;
+    char *catalog_path;
+    struct catalog *cat;          /* the opening thread's handle */
+    uint32_t chunk_size;
+};
+
+/* Seconds since the epoch, with fractions. */
+double agent_now(void);
+/* Throttles progress calls to a few per second (force: always call). */
+struct agent_progress {
+    agent_progress_fn fn;
+    void *opaque;
+    double last;
+};
+void agent_progress_report(struct agent_progress *p, uint64_t done, uint64_t total, int force);
+
+#endif

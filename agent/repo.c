@@ -1,0 +1,166 @@
+/* repo.c: opening and creating repositories. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/internal.h"
+#include "common/error.h"
+
+static char *join(const char *dir, const char *name)
+{
+    char *s;
+    if (asprintf(&s, "%s/%s", dir, name) < 0) {
+        error_set(ENOMEM, "out of memory");
+        return NULL;
+    }
+    return s;
+}
+
+static int fsync_dir(const char *dir)
+{
+    FILE *f = fopen(dir, "r");
+    if (!f)
+        return -1;
+    int r = fsync(fileno(f));
+    fclose(f);
+    return r;
+}
+
+int agent_repo_init(const char *dir, uint32_t chunk_size)
+{
+    char *cat = NULL, *packs = NULL;
+    int ret = -1;
+    struct stat st;
+
+    if (chunk_size < AGENT_MIN_CHUNK_SIZE || chunk_size > AGENT_MAX_CHUNK_SIZE ||
+        (chunk_size & (chunk_size - 1))) {
+        error_set(EINVAL, "chunk size %u is not a power of two from 64 KiB to 16 MiB", chunk_size);
+        return -1;
+    }
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        error_set(errno, "create repository %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        error_set(ENOTDIR, "repository %s is not a directory", dir);
+        return -1;
+    }
+    if (!(cat = join(dir, "catalog.db")) || !(packs = join(dir, "packs")))
+        goto out;
+    if (access(cat, F_OK) == 0) {
+        error_set(EEXIST, "%s already holds a repository", dir);
+        goto out;
+    }
+    if (mkdir(packs, 0700) < 0 && errno != EEXIST) {
+        error_set(errno, "create %s: %s", packs, strerror(errno));
+        goto out;
+    }
+    if (catalog_create(cat, chunk_size) < 0) {
+        error_prefix("create repository %s: ", dir);
+        goto out;
+    }
+    fsync_dir(dir);
+    ret = 0;
+out:
+    free(cat);
+    free(packs);
+    return ret;
+}
+
+struct agent_repo *agent_repo_open(const char *dir, bool create)
+{
+    struct agent_repo *r = calloc(1, sizeof *r);
+
+    if (!r) {
+        error_set(ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (!(r->dir = strdup(dir)) || !(r->catalog_path = join(dir, "catalog.db")))
+        goto fail;
+    if (access(r->catalog_path, F_OK) < 0) {
+        if (!create) {
+            error_set(ENOENT, "%s is not a repository (no catalog.db; create one with "
+                              "'nbdvault init --repo %s')", dir, dir);
+            goto fail;
+        }
+        if (agent_repo_init(dir, AGENT_DEFAULT_CHUNK_SIZE) < 0)
+            goto fail;
+    }
+    if (!(r->cat = catalog_open(r->catalog_path))) {
+        error_prefix("repository %s: ", dir);
+        goto fail;
+    }
+    r->chunk_size = catalog_chunk_size(r->cat);
+    return r;
+fail:
+    agent_repo_close(r);
+    return NULL;
+}
+
+void agent_repo_close(struct agent_repo *r)
+{
+    if (!r)
+        return;
+    catalog_close(r->cat);
+    free(r->dir);
+    free(r->catalog_path);
+    free(r);
+}
+
+uint32_t agent_repo_chunk_size(const struct agent_repo *r)
+{
+    return r->chunk_size;
+}
+
+double agent_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void agent_progress_report(struct agent_progress *p, uint64_t done, uint64_t total, int force)
+{
+    if (!p->fn)
+        return;
+    double now = agent_now();
+    if (!force && now - p->last < 0.25)
+        return;
+    p->last = now;
+    p->fn(p->opaque, done, total);
+}
+
+struct list_ctx {
+    int (*fn)(void *opaque, const struct agent_point *p);
+    void *opaque;
+};
+
+static int list_one(void *opaque, const struct catalog_point *cp)
+{
+    struct list_ctx *l = opaque;
+    struct agent_point p = {
+        .id = cp->id,
+        .parent = cp->parent,
+        .full = cp->full,
+        .started = cp->started,
+        .finished = cp->finished,
+        .disk_size = cp->disk_size,
+        .bytes_stored = cp->bytes_stored,
+        .bytes_read = cp->bytes_read,
+    };
+    snprintf(p.disk, sizeof p.disk, "%s", cp->disk);
+    snprintf(p.source_uri, sizeof p.source_uri, "%s", cp->source_uri);
+    snprintf(p.bitmap, sizeof p.bitmap, "%s", cp->bitmap);
+    return l->fn(l->opaque, &p);
+}
+
+int agent_list(struct agent_repo *r, const char *disk,
+               int (*fn)(void *opaque, const struct agent_point *p), void *opaque)
+{
+    struct list_ctx l = { fn, opaque };
+    return catalog_point_list(r->cat, disk, list_one, &l);
+}
