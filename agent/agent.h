@@ -92,4 +92,65 @@ struct agent_restore_result {
 int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
                   struct agent_restore_result *res);
 
+/* ---- verify ---------------------------------------------------------------- */
+
+struct agent_verify_opts {
+    const char *disk;             /* NULL: every disk */
+    int64_t point;                /* 0: every point (of the disk) */
+    /* Each damage found, as one line ("chunk ... in pack ...: CRC mismatch;
+     * points 3, 4"). */
+    void (*damage)(void *opaque, const char *msg);
+    agent_progress_fn progress;
+    void *opaque;
+};
+
+struct agent_verify_result {
+    uint64_t points, packs, chunks, bytes;
+    uint64_t damaged_packs, damaged_chunks;
+    bool catalog_ok;
+    int64_t *affected;            /* points affected by damage (malloc'ed) */
+    size_t naffected;
+};
+
+/* Returns 0 when the check ran (damage or not: see the result), -1 when it
+ * could not run. */
+int agent_verify(struct agent_repo *r, const struct agent_verify_opts *o,
+                 struct agent_verify_result *res);
+void agent_verify_result_free(struct agent_verify_result *res);
+
+/* ---- prune ------------------------------------------------------------------ */
+
+struct agent_prune_opts {
+    const char *disk;
+    unsigned keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly;
+    bool dry_run;
+    /* Each point's fate: keep (with the reasons) or remove. */
+    void (*decision)(void *opaque, int64_t point, double time, bool keep, const char *why);
+    void *opaque;
+};
+
+struct agent_prune_result {
+    unsigned kept, removed;
+};
+
+int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
+                struct agent_prune_result *res);
+
+/* ---- gc ----------------------------------------------------------------------- */
+
+struct agent_gc_opts {
+    bool dry_run;
+    /* A pack is rewritten when less than this share of it is still used. */
+    double rewrite_below;         /* 0 = default 0.5 */
+    void (*note)(void *opaque, const char *msg);
+    void *opaque;
+};
+
+struct agent_gc_result {
+    uint64_t chunks_removed, packs_removed, packs_rewritten, orphans_removed;
+    uint64_t bytes_freed;
+};
+
+int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_gc_result *res);
+
 #endif

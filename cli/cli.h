@@ -26,6 +26,9 @@ int cli_init(int argc, char **argv);
 int cli_backup(int argc, char **argv);
 int cli_list(int argc, char **argv);
 int cli_restore(int argc, char **argv);
+int cli_verify(int argc, char **argv);
+int cli_prune(int argc, char **argv);
+int cli_gc(int argc, char **argv);
 
 /* The configuration file (--config FILE); the command line overrides it. */
 struct cli_config {

@@ -1,0 +1,582 @@
+/* maintain.c: verify, prune and gc: keeping a repository honest and small. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zstd.h>
+
+#include "agent/internal.h"
+#include "agent/pack.h"
+#include "common/error.h"
+
+/* ---- A small set of ids ------------------------------------------------- */
+
+struct idset {
+    int64_t *v;
+    size_t n, cap;
+};
+
+static bool idset_has(const struct idset *s, int64_t id)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->v[i] == id)
+            return true;
+    return false;
+}
+
+static int idset_add(struct idset *s, int64_t id)
+{
+    if (idset_has(s, id))
+        return 0;
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 16;
+        int64_t *nv = realloc(s->v, cap * sizeof *nv);
+        if (!nv) {
+            error_set(ENOMEM, "out of memory");
+            return -1;
+        }
+        s->v = nv;
+        s->cap = cap;
+    }
+    s->v[s->n++] = id;
+    return 0;
+}
+
+static int idset_cb(void *opaque, int64_t id)
+{
+    return idset_add(opaque, id);
+}
+
+static char *pack_path(const struct agent_repo *r, const char *name)
+{
+    char *p;
+    if (asprintf(&p, "%s/packs/%s", r->dir, name) < 0) {
+        error_set(ENOMEM, "out of memory");
+        return NULL;
+    }
+    return p;
+}
+
+/* ---- verify ------------------------------------------------------------- */
+
+struct verify {
+    struct agent_repo *r;
+    const struct agent_verify_opts *o;
+    struct agent_verify_result *res;
+    struct pack_reader *reader;
+    uint8_t *buf;
+    struct idset selected, packs_seen, affected;
+    struct agent_progress progress;
+};
+
+static void damage(struct verify *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void damage(struct verify *v, const char *fmt, ...)
+{
+    char msg[1600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (v->o->damage)
+        v->o->damage(v->o->opaque, msg);
+}
+
+static int select_point(void *opaque, const struct agent_point *p)
+{
+    struct verify *v = opaque;
+    if (v->o->point && p->id != v->o->point)
+        return 0;
+    return idset_add(&v->selected, p->id);
+}
+
+static int scan_pack_once(struct verify *v, int64_t pack_id, const char *name)
+{
+    if (idset_has(&v->packs_seen, pack_id))
+        return 0;
+    if (idset_add(&v->packs_seen, pack_id) < 0)
+        return -1;
+    v->res->packs++;
+    char *path = pack_path(v->r, name);
+    if (!path)
+        return -1;
+    if (pack_scan(path, false, NULL, NULL) < 0) {
+        v->res->damaged_packs++;
+        damage(v, "%s", error_msg());
+    }
+    free(path);
+    return 0;
+}
+
+static int verify_chunk(void *opaque, const struct catalog_chunk *ch)
+{
+    struct verify *v = opaque;
+    struct pack_entry e = { .codec = ch->codec, .stored_len = ch->stored_len,
+                            .plain_len = ch->plain_len, .crc = ch->crc, .offset = ch->offset };
+    memcpy(e.hash, ch->hash, PACK_HASH_LEN);
+
+    if (scan_pack_once(v, ch->pack_id, ch->pack) < 0)
+        return -1;
+    v->res->chunks++;
+    v->res->bytes += ch->plain_len;
+    if (pack_reader_get(v->reader, ch->pack, &e, v->buf) < 0) {
+        char msg[1024], list[512] = "";
+        struct idset pts = { 0 };
+        size_t used = 0;
+
+        snprintf(msg, sizeof msg, "%s", error_msg());
+        v->res->damaged_chunks++;
+        if (catalog_points_using_chunk(v->r->cat, ch->id, idset_cb, &pts) < 0) {
+            free(pts.v);
+            return -1;
+        }
+        for (size_t i = 0; i < pts.n; i++) {
+            if (used + 24 < sizeof list)
+                used += (size_t)snprintf(list + used, sizeof list - used, "%s%lld", i ? ", " : "",
+                                         (long long)pts.v[i]);
+            if (idset_add(&v->affected, pts.v[i]) < 0) {
+                free(pts.v);
+                return -1;
+            }
+        }
+        damage(v, "%s; affects point%s %s", msg, pts.n == 1 ? "" : "s", pts.n ? list : "(none)");
+        free(pts.v);
+    }
+    agent_progress_report(&v->progress, v->res->bytes, 0, 0);
+    return 0;
+}
+
+static int scan_all_packs(void *opaque, const struct catalog_pack *p)
+{
+    return scan_pack_once(opaque, p->id, p->name);
+}
+
+int agent_verify(struct agent_repo *r, const struct agent_verify_opts *o,
+                 struct agent_verify_result *res)
+{
+    struct verify v = { .r = r, .o = o, .res = res };
+    char *report = NULL;
+    int ret = -1;
+
+    memset(res, 0, sizeof *res);
+    v.progress = (struct agent_progress){ o->progress, o->opaque, 0 };
+
+    int ic = catalog_integrity_check(r->cat, &report);
+    if (ic < 0)
+        return -1;
+    res->catalog_ok = ic == 0;
+    if (ic > 0) {
+        damage(&v, "catalog: SQLite integrity check: %s", report ? report : "failed");
+        free(report);
+    }
+    if (agent_list(r, o->disk, select_point, &v) < 0)
+        goto out;
+    res->points = v.selected.n;
+    if (o->point && !v.selected.n) {
+        error_set(ENOENT, "no restore point %lld%s%s", (long long)o->point,
+                  o->disk ? " of disk " : "", o->disk ? o->disk : "");
+        goto out;
+    }
+    if (!(v.reader = pack_reader_open(r->dir)) || !(v.buf = malloc(r->chunk_size)))
+        goto out;
+    if (v.selected.n &&
+        catalog_chunks_referenced(r->cat, v.selected.v, v.selected.n, verify_chunk, &v) < 0)
+        goto out;
+    /* Verifying the whole repository also checks the packs no point uses. */
+    if (!o->disk && !o->point && catalog_pack_list(r->cat, scan_all_packs, &v) < 0)
+        goto out;
+    agent_progress_report(&v.progress, res->bytes, res->bytes, 1);
+    res->affected = v.affected.v;
+    res->naffected = v.affected.n;
+    v.affected.v = NULL;
+    ret = 0;
+out:
+    pack_reader_close(v.reader);
+    free(v.buf);
+    free(v.selected.v);
+    free(v.packs_seen.v);
+    free(v.affected.v);
+    return ret;
+}
+
+void agent_verify_result_free(struct agent_verify_result *res)
+{
+    free(res->affected);
+    res->affected = NULL;
+    res->naffected = 0;
+}
+
+/* ---- prune ---------------------------------------------------------------- */
+
+struct pinfo {
+    int64_t id;
+    double time;
+    char why[128];
+    bool keep;
+};
+
+struct pvec {
+    struct pinfo *p;
+    size_t n, cap;
+};
+
+static int collect_pinfo(void *opaque, const struct agent_point *ap)
+{
+    struct pvec *v = opaque;
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 32;
+        struct pinfo *np = realloc(v->p, cap * sizeof *np);
+        if (!np) {
+            error_set(ENOMEM, "out of memory");
+            return -1;
+        }
+        v->p = np;
+        v->cap = cap;
+    }
+    v->p[v->n++] = (struct pinfo){ .id = ap->id, .time = ap->finished };
+    return 0;
+}
+
+/* The bucket of a point's time for one rule (restic's semantics: the newest
+ * point of each of the newest N buckets is kept). */
+static long long bucket(double t, int rule)
+{
+    time_t s = (time_t)t;
+    struct tm tm;
+    localtime_r(&s, &tm);
+    long long y = tm.tm_year + 1900;
+    switch (rule) {
+    case 0: return (long long)s * 1000 + 0; /* last: every point its own bucket */
+    case 1: return ((y * 1000 + tm.tm_yday) * 100) + tm.tm_hour;
+    case 2: return y * 1000 + tm.tm_yday;
+    case 3: {
+        char w[16];
+        strftime(w, sizeof w, "%G%V", &tm);
+        return atoll(w);
+    }
+    case 4: return y * 100 + tm.tm_mon;
+    default: return y;
+    }
+}
+
+int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
+                struct agent_prune_result *res)
+{
+    static const char *const rule_names[] = { "last", "hourly", "daily", "weekly", "monthly", "yearly" };
+    unsigned keep[6] = { o->keep_last, o->keep_hourly, o->keep_daily,
+                         o->keep_weekly, o->keep_monthly, o->keep_yearly };
+    struct pvec v = { 0 };
+    char lockname[300], broken[512] = "";
+    bool locked = false;
+    int ret = -1;
+
+    memset(res, 0, sizeof *res);
+    if (!keep[0] && !keep[1] && !keep[2] && !keep[3] && !keep[4] && !keep[5]) {
+        error_set(EINVAL, "no --keep-* rule given: prune would remove every point");
+        return -1;
+    }
+    int64_t disk_id;
+    int f = catalog_disk_find(r->cat, o->disk, &disk_id);
+    if (f <= 0) {
+        if (f == 0)
+            error_set(ENOENT, "the repository has no disk named \"%s\"", o->disk);
+        return -1;
+    }
+    if (!o->dry_run) {
+        snprintf(lockname, sizeof lockname, "disk:%s", o->disk);
+        if (catalog_lock(r->cat, lockname, broken, sizeof broken) < 0)
+            return -1;
+        locked = true;
+    }
+    if (agent_list(r, o->disk, collect_pinfo, &v) < 0)
+        goto out;
+
+    /* Newest first: each rule keeps the newest point of its newest buckets. */
+    for (size_t i = 0; i < v.n / 2; i++) {
+        struct pinfo t = v.p[i];
+        v.p[i] = v.p[v.n - 1 - i];
+        v.p[v.n - 1 - i] = t;
+    }
+    for (int rule = 0; rule < 6; rule++) {
+        unsigned left = keep[rule];
+        long long last = 0;
+        bool have = false;
+        for (size_t i = 0; i < v.n && left; i++) {
+            long long bk = bucket(v.p[i].time, rule);
+            if (have && bk == last)
+                continue;
+            have = true;
+            last = bk;
+            left--;
+            v.p[i].keep = true;
+            size_t len = strlen(v.p[i].why);
+            snprintf(v.p[i].why + len, sizeof v.p[i].why - len, "%s%s", len ? ", " : "",
+                     rule_names[rule]);
+        }
+    }
+    /* Remove oldest first: each removal merges into the next point. */
+    for (size_t k = v.n; k-- > 0;) {
+        struct pinfo *p = &v.p[k];
+        if (o->decision)
+            o->decision(o->opaque, p->id, p->time, p->keep, p->keep ? p->why : "no rule keeps it");
+        if (p->keep) {
+            res->kept++;
+            continue;
+        }
+        if (!o->dry_run && catalog_point_remove(r->cat, p->id) < 0) {
+            error_prefix("remove point %lld: ", (long long)p->id);
+            goto out;
+        }
+        res->removed++;
+    }
+    ret = 0;
+out:
+    if (locked) {
+        int err = error_errno();
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", error_msg());
+        catalog_unlock(r->cat, lockname);
+        if (ret < 0)
+            error_set(err, "%s", msg);
+    }
+    free(v.p);
+    return ret;
+}
+
+/* ---- gc -------------------------------------------------------------------- */
+
+struct gc {
+    struct agent_repo *r;
+    const struct agent_gc_opts *o;
+    struct agent_gc_result *res;
+    struct idset live_packs;      /* packs with live chunks, kept or rewritten */
+    struct {
+        int64_t id;
+        char name[80];
+        uint64_t size, live;
+    } *packs;
+    size_t npacks, cappacks;
+    char (*known)[80];
+    size_t nknown, capknown;
+};
+
+static void gc_note(struct gc *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void gc_note(struct gc *g, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (g->o->note)
+        g->o->note(g->o->opaque, msg);
+}
+
+static int count_chunk(void *opaque, const struct catalog_chunk *ch)
+{
+    struct gc *g = opaque;
+    g->res->chunks_removed++;
+    g->res->bytes_freed += ch->stored_len;
+    return 0;
+}
+
+static int gather_pack(void *opaque, const struct catalog_pack *p)
+{
+    struct gc *g = opaque;
+    if (g->npacks == g->cappacks) {
+        size_t cap = g->cappacks ? g->cappacks * 2 : 64;
+        void *np = realloc(g->packs, cap * sizeof *g->packs);
+        if (!np) {
+            error_set(ENOMEM, "out of memory");
+            return -1;
+        }
+        g->packs = np;
+        g->cappacks = cap;
+    }
+    g->packs[g->npacks].id = p->id;
+    snprintf(g->packs[g->npacks].name, sizeof g->packs[g->npacks].name, "%s", p->name);
+    g->packs[g->npacks].size = p->size;
+    g->packs[g->npacks].live = p->live_bytes;
+    g->npacks++;
+    return 0;
+}
+
+struct rewrite {
+    struct gc *g;
+    struct pack_reader *reader;
+    struct pack_writer *w;
+    ZSTD_CCtx *cctx;
+    uint8_t *plain, *stored;
+    size_t storedcap;
+    struct catalog_chunk *moved;
+    size_t nmoved, capmoved;
+};
+
+static int rewrite_chunk(void *opaque, const struct catalog_chunk *ch)
+{
+    struct rewrite *rw = opaque;
+    struct pack_entry e = { .codec = ch->codec, .stored_len = ch->stored_len,
+                            .plain_len = ch->plain_len, .crc = ch->crc, .offset = ch->offset };
+    size_t stored;
+    uint8_t codec;
+
+    memcpy(e.hash, ch->hash, PACK_HASH_LEN);
+    /* Decoding checks the chunk; a damaged one stops the rewrite, keeping
+     * the old pack for verify to report. */
+    if (pack_reader_get(rw->reader, ch->pack, &e, rw->plain) < 0)
+        return -1;
+    if (chunk_compress(rw->cctx, AGENT_DEFAULT_COMPRESS_LEVEL, rw->plain, ch->plain_len, rw->stored,
+                       rw->storedcap, &stored, &codec) < 0)
+        return -1;
+    struct pack_entry ne = { .codec = codec, .stored_len = (uint32_t)stored,
+                             .plain_len = ch->plain_len, .crc = chunk_crc(rw->stored, stored) };
+    memcpy(ne.hash, ch->hash, PACK_HASH_LEN);
+    if (pack_writer_add(rw->w, &ne, rw->stored) < 0)
+        return -1;
+    if (rw->nmoved == rw->capmoved) {
+        size_t cap = rw->capmoved ? rw->capmoved * 2 : 256;
+        struct catalog_chunk *nm = realloc(rw->moved, cap * sizeof *nm);
+        if (!nm) {
+            error_set(ENOMEM, "out of memory");
+            return -1;
+        }
+        rw->moved = nm;
+        rw->capmoved = cap;
+    }
+    struct catalog_chunk m = *ch;
+    m.offset = ne.offset;
+    m.stored_len = ne.stored_len;
+    m.codec = ne.codec;
+    m.crc = ne.crc;
+    rw->moved[rw->nmoved++] = m;
+    return 0;
+}
+
+static int rewrite_pack(struct gc *g, size_t i)
+{
+    struct rewrite rw = { .g = g };
+    char name[PACK_NAME_MAX];
+    uint64_t size;
+    int ret = -1;
+
+    rw.storedcap = chunk_bound(g->r->chunk_size);
+    if (!(rw.reader = pack_reader_open(g->r->dir)) || !(rw.w = pack_writer_open(g->r->dir)) ||
+        !(rw.cctx = ZSTD_createCCtx()) || !(rw.plain = malloc(g->r->chunk_size)) ||
+        !(rw.stored = malloc(rw.storedcap))) {
+        if (!rw.cctx || !rw.plain || !rw.stored)
+            error_set(ENOMEM, "out of memory");
+        goto out;
+    }
+    if (catalog_pack_chunks(g->r->cat, g->packs[i].id, rewrite_chunk, &rw) < 0)
+        goto out;
+    if (pack_writer_finish(rw.w, name, &size) < 0)
+        goto out;
+    if (catalog_pack_replace(g->r->cat, g->packs[i].id, name, size, rw.moved, rw.nmoved) < 0)
+        goto out;
+    /* The catalog no longer points at the old pack: remove it. */
+    if (pack_remove(g->r->dir, g->packs[i].name) < 0)
+        goto out;
+    g->res->packs_rewritten++;
+    g->res->bytes_freed += g->packs[i].size > size ? g->packs[i].size - size : 0;
+    gc_note(g, "rewrote pack %s (%llu of %llu bytes in use) as %s", g->packs[i].name,
+            (unsigned long long)g->packs[i].live, (unsigned long long)g->packs[i].size, name);
+    ret = 0;
+out:
+    pack_reader_close(rw.reader);
+    pack_writer_free(rw.w);
+    ZSTD_freeCCtx(rw.cctx);
+    free(rw.plain);
+    free(rw.stored);
+    free(rw.moved);
+    return ret;
+}
+
+static int gather_known(void *opaque, const struct catalog_pack *p)
+{
+    struct gc *g = opaque;
+    if (g->nknown == g->capknown) {
+        size_t cap = g->capknown ? g->capknown * 2 : 64;
+        void *nk = realloc(g->known, cap * sizeof *g->known);
+        if (!nk) {
+            error_set(ENOMEM, "out of memory");
+            return -1;
+        }
+        g->known = nk;
+        g->capknown = cap;
+    }
+    snprintf(g->known[g->nknown++], sizeof *g->known, "%s", p->name);
+    return 0;
+}
+
+static int sweep_file(void *opaque, const char *name, bool is_temp)
+{
+    struct gc *g = opaque;
+    if (!is_temp)
+        for (size_t i = 0; i < g->nknown; i++)
+            if (!strcmp(g->known[i], name))
+                return 0;
+    /* A temporary file, or a pack the catalog never recorded (a backup or
+     * gc killed before its commit): nothing points at it. */
+    g->res->orphans_removed++;
+    gc_note(g, "%s orphan %s %s", g->o->dry_run ? "would remove" : "removed",
+            is_temp ? "temporary file" : "pack", name);
+    if (!g->o->dry_run && pack_remove(g->r->dir, name) < 0)
+        return -1;
+    return 0;
+}
+
+int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_gc_result *res)
+{
+    struct gc g = { .r = r, .o = o, .res = res };
+    char broken[512] = "";
+    double below = o->rewrite_below > 0 ? o->rewrite_below : 0.5;
+    int ret = -1;
+
+    memset(res, 0, sizeof *res);
+    if (catalog_lock(r->cat, "gc", broken, sizeof broken) < 0)
+        return -1;
+    if (broken[0])
+        gc_note(&g, "%s", broken);
+
+    /* 1. Chunks no point references any more. */
+    if (catalog_chunks_unreferenced(r->cat, !o->dry_run, count_chunk, &g) < 0)
+        goto out;
+    /* 2. Packs: empty ones go, mostly-garbage ones are rewritten. */
+    if (catalog_pack_list(r->cat, gather_pack, &g) < 0)
+        goto out;
+    for (size_t i = 0; i < g.npacks; i++) {
+        if (g.packs[i].live == 0) {
+            res->packs_removed++;
+            res->bytes_freed += 0; /* counted with the chunks */
+            gc_note(&g, "%s pack %s (no chunk in use)", o->dry_run ? "would remove" : "removed",
+                    g.packs[i].name);
+            if (!o->dry_run && (catalog_pack_delete(r->cat, g.packs[i].id) < 0 ||
+                                pack_remove(r->dir, g.packs[i].name) < 0))
+                goto out;
+        } else if ((double)g.packs[i].live < below * (double)g.packs[i].size) {
+            if (o->dry_run) {
+                res->packs_rewritten++;
+                gc_note(&g, "would rewrite pack %s (%llu of %llu bytes in use)", g.packs[i].name,
+                        (unsigned long long)g.packs[i].live, (unsigned long long)g.packs[i].size);
+            } else if (rewrite_pack(&g, i) < 0) {
+                goto out;
+            }
+        }
+    }
+    /* 3. Files that no catalog row points at. */
+    if (catalog_pack_list(r->cat, gather_known, &g) < 0 || pack_list_files(r->dir, sweep_file, &g) < 0)
+        goto out;
+    ret = 0;
+out:;
+    int err = error_errno();
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", error_msg());
+    catalog_unlock(r->cat, "gc");
+    if (ret < 0)
+        error_set(err, "%s", msg);
+    free(g.packs);
+    free(g.known);
+    free(g.live_packs.v);
+    return ret;
+}
