@@ -90,7 +90,7 @@ static const char backup_help[] =
     "  --full                a full backup even when an incremental is possible\n"
     "  --connections N       NBD connections when the server allows multi-conn\n"
     "                        (default 4)\n"
-    "  --compress-level N    zstd level (default 3)\n"
+    "  --compress-level N    zstd level (default 1)\n"
     "  --config FILE         defaults from FILE (see agent.conf.example)\n"
     "  --json                print the result as JSON\n"
     "  --help                this text\n"
