@@ -259,8 +259,12 @@ static int do_starttls(struct nbd_conn *c, bool required)
                         : c->uri.tls_hostname,
         .verify_peer = c->uri.tls_verify_peer != 0,
     };
-    if (nbd_sock_starttls_client(c->sock, &cfg) < 0)
+    if (nbd_sock_starttls_client(c->sock, &cfg) < 0) {
+        /* A failed TLS setup or handshake ends with a hard disconnect: the
+         * session cannot carry an ABORT (nor a close_notify) any more. */
+        c->negotiation_over = true;
         return -1;
+    }
     c->tls = true;
     forget_negotiated(c);
     return 0;
