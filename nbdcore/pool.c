@@ -147,27 +147,39 @@ static int pool_transfer(struct nbd_pool *p, bool write, void *buf, uint64_t cou
     unsigned next = 0;
 
     while ((pos < count && !x.err) || x.outstanding) {
-        /* Hand out pieces to every connection that has room. */
-        for (unsigned tries = 0; tries < p->n && pos < count && !x.err; tries++) {
+        /* Hand out pieces round-robin, one per connection per turn, until
+         * every connection is full: a transfer smaller than one pipeline
+         * still spreads over all the connections. */
+        for (unsigned full = 0; full < p->n && pos < count && !x.err;) {
             struct nbd_conn *c = p->c[next];
             next = (next + 1) % p->n;
-            while (pos < count && !x.err && !nbd_busy(c) && !nbd_is_dead(c)) {
-                uint64_t len = count - pos < piece ? count - pos : piece;
-                int r = write ? nbd_aio_pwrite(c, (uint8_t *)buf + pos, len, offset + pos, 0,
-                                               xfer_done, &x)
-                              : nbd_aio_pread(c, (uint8_t *)buf + pos, len, offset + pos, 0,
-                                              xfer_done, &x);
-                if (r < 0) {
-                    x.err = nbd_get_errno() ? nbd_get_errno() : EIO;
-                    snprintf(x.msg, sizeof x.msg, "%s", nbd_get_error());
-                    break;
-                }
-                x.outstanding++;
-                pos += len;
+            if (nbd_busy(c) || nbd_is_dead(c)) {
+                full++;
+                continue;
             }
+            full = 0;
+            uint64_t len = count - pos < piece ? count - pos : piece;
+            int r = write ? nbd_aio_pwrite(c, (uint8_t *)buf + pos, len, offset + pos, 0,
+                                           xfer_done, &x)
+                          : nbd_aio_pread(c, (uint8_t *)buf + pos, len, offset + pos, 0,
+                                          xfer_done, &x);
+            if (r < 0) {
+                x.err = nbd_get_errno() ? nbd_get_errno() : EIO;
+                snprintf(x.msg, sizeof x.msg, "%s", nbd_get_error());
+                break;
+            }
+            x.outstanding++;
+            pos += len;
         }
-        if (!x.outstanding)
+        if (!x.outstanding) {
+            /* Nothing in flight and nothing could be sent: every
+             * connection is dead.  Never report a partial transfer as done. */
+            if (pos < count && !x.err) {
+                x.err = ENOTCONN;
+                snprintf(x.msg, sizeof x.msg, "every connection of the pool is dead");
+            }
             break;
+        }
         if (nbd_pool_poll(p, -1, -1) < 0)
             return -1;
     }
