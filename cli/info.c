@@ -110,15 +110,36 @@ static bool flag_set(const struct shown *s, uint16_t flag)
     return (f & flag) != 0;
 }
 
+/* The size as nbdinfo shows it: in the largest unit that divides it
+ * exactly ("1536K", "5242881", "0"), not rounded as cli_human_size does.
+ * Returns whether a unit was added (nbdinfo prints "(...)" only then). */
+static bool size_str(char *buf, size_t cap, uint64_t bytes)
+{
+    static const char units[] = "KMGTPE";
+    int u = -1;
+
+    while (bytes != 0 && bytes % 1024 == 0 && u < 5) {
+        bytes /= 1024;
+        u++;
+    }
+    if (u < 0)
+        snprintf(buf, cap, "%llu", (unsigned long long)bytes);
+    else
+        snprintf(buf, cap, "%llu%c", (unsigned long long)bytes, units[u]);
+    return u >= 0;
+}
+
 static void print_export_text(const struct shown *s, const char *uri)
 {
     char hs[32];
 
-    cli_human_size(hs, sizeof hs, s->size);
     printf("export=\"%s\":\n", s->name);
     if (s->description)
         printf("\tdescription: %s\n", s->description);
-    printf("\texport-size: %llu (%s)\n", (unsigned long long)s->size, hs);
+    if (size_str(hs, sizeof hs, s->size))
+        printf("\texport-size: %llu (%s)\n", (unsigned long long)s->size, hs);
+    else
+        printf("\texport-size: %llu\n", (unsigned long long)s->size);
     if (uri)
         printf("\turi: %s\n", uri);
     if (s->contexts.n) {
@@ -158,7 +179,7 @@ static struct json_object *export_json(const struct shown *s, const char *uri)
         json_object_object_add(o, "block_size_maximum", json_object_new_int64(s->max));
     }
     json_object_object_add(o, "export-size", json_object_new_int64((int64_t)s->size));
-    cli_human_size(hs, sizeof hs, s->size);
+    size_str(hs, sizeof hs, s->size);
     json_object_object_add(o, "export-size-str", json_object_new_string(hs));
     return o;
 }
