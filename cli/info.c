@@ -249,7 +249,7 @@ int cli_info(int argc, char **argv)
     int ch, ret = CLI_EXIT_FAIL;
 
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "+Lh", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "Lh", longopts, NULL)) != -1) {
         switch (ch) {
         case 'L': list = true; break;
         case 'j': json = true; break;

@@ -115,7 +115,7 @@ int cli_map(int argc, char **argv)
     int ch, ret = CLI_EXIT_FAIL;
 
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "+c:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
         switch (ch) {
         case 'c': m.ctx = optarg; break;
         case 't': m.totals = true; break;
