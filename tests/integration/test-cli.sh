@@ -63,3 +63,15 @@ expect_fail 1 'no export named "nosuch"' $NBDCORE_TOOL pread "nbd+unix:///nosuch
 # The right name works, and --list shows it.
 run $NBDVAULT info "nbd+unix:///disk?socket=$testdir/s" | grep -qx 'export="disk":' || fail "export disk not shown"
 run $NBDVAULT info --list "nbd+unix:///?socket=$testdir/s" | grep -qx 'export="disk":' || fail "--list does not show disk"
+
+# Options may follow the URI, as the usage lines write them
+# ("nbdvault info URI [--list] [--json]"), with the same result.
+u="nbd+unix:///disk?socket=$testdir/s"
+run $NBDVAULT info --json "$u" > before.json
+run $NBDVAULT info "$u" --json > after.json || fail "nbdvault info URI --json failed"
+cmp before.json after.json || fail "info: --json after the URI gives other output"
+run $NBDVAULT map --totals --context base:allocation "$u" > before.map
+run $NBDVAULT map "$u" --context base:allocation --totals > after.map || fail "nbdvault map URI --context ... --totals failed"
+cmp before.map after.map || fail "map: options after the URI give other output"
+run $NBDVAULT info "nbd+unix:///?socket=$testdir/s" --list > after.list || fail "nbdvault info URI --list failed"
+grep -qx 'export="disk":' after.list || fail "info URI --list does not show disk"
