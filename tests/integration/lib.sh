@@ -13,6 +13,11 @@
 # directory), which the cleanup trap removes together with every server the
 # test started (killed by pid, never by name).  Keep socket names short:
 # a Unix socket path is limited to 107 bytes.
+#
+# Helpers: requires, skip, fail, expect_fail, run, json_equal, cleanup_fn,
+# free_port, start_qemu_nbd, start_nbdkit, start_nbd_server, stop_server,
+# make_psk, make_x509.  $PYTHON is Debian's python3 (json, python3-libnbd).
+# INTEGRATION_KEEP=1 keeps the directory; INTEGRATION_TRACE=1 traces.
 
 set -e
 set -o pipefail
@@ -76,6 +81,13 @@ _kill_pid ()
         sleep 0.05
     done
     kill -9 "$pid" 2>/dev/null || :
+}
+
+# stop_server PID: stops a server this test started and waits until it is
+# gone (its image locks released), e.g. before serving the image again.
+stop_server ()
+{
+    _kill_pid "$1"
 }
 
 _cleanup ()

@@ -59,7 +59,7 @@ cmp up.bin disk.img || fail "uploaded image file differs"
 tool download "$uri" down.bin 4 > down.out
 grep -qx 'connections: 4' down.out || fail "download with --shared=4: $(cat down.out)"
 cmp up.bin down.bin || fail "pool download differs from the upload"
-kill "$qemu_nbd_pid"
+stop_server "$qemu_nbd_pid"
 
 # ---- no multi-conn (--shared=1): the pool stays at one connection -------
 head -c $((16 * M)) /dev/urandom > up1.bin
