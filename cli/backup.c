@@ -123,7 +123,7 @@ int cli_backup(int argc, char **argv)
     int ch, ret = CLI_EXIT_FAIL;
 
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (ch) {
         case 'r': repo = optarg; break;
         case 'd': disk = optarg; break;
