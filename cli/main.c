@@ -13,6 +13,13 @@ const char *cli_progname = "nbdvault";
 static const struct cli_command commands[] = {
     { "info", "show what an NBD export offers (like nbdinfo)", cli_info },
     { "map", "print the extents of one metadata context (like nbdinfo --map)", cli_map },
+    { "init", "create a repository", cli_init },
+    { "backup", "back up an NBD export (full, or incremental with a dirty bitmap)", cli_backup },
+    { "list", "list disks and restore points", cli_list },
+    { "restore", "restore a point to a file or an NBD export", cli_restore },
+    { "verify", "check every chunk, pack and the catalog", cli_verify },
+    { "prune", "remove old restore points by retention rules", cli_prune },
+    { "gc", "give back the space of removed points", cli_gc },
 };
 
 static void usage(FILE *f)
