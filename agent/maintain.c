@@ -247,7 +247,6 @@ static long long bucket(double t, int rule)
     localtime_r(&s, &tm);
     long long y = tm.tm_year + 1900;
     switch (rule) {
-    case 0: return (long long)s * 1000 + 0; /* last: every point its own bucket */
     case 1: return ((y * 1000 + tm.tm_yday) * 100) + tm.tm_hour;
     case 2: return y * 1000 + tm.tm_yday;
     case 3: {
@@ -303,7 +302,7 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
         long long last = 0;
         bool have = false;
         for (size_t i = 0; i < v.n && left; i++) {
-            long long bk = bucket(v.p[i].time, rule);
+            long long bk = rule == 0 ? (long long)i : bucket(v.p[i].time, rule);
             if (have && bk == last)
                 continue;
             have = true;
@@ -354,7 +353,7 @@ struct gc {
     struct {
         int64_t id;
         char name[80];
-        uint64_t size, live;
+        uint64_t size, live, live_chunks;
     } *packs;
     size_t npacks, cappacks;
     char (*known)[80];
@@ -398,6 +397,7 @@ static int gather_pack(void *opaque, const struct catalog_pack *p)
     snprintf(g->packs[g->npacks].name, sizeof g->packs[g->npacks].name, "%s", p->name);
     g->packs[g->npacks].size = p->size;
     g->packs[g->npacks].live = p->live_bytes;
+    g->packs[g->npacks].live_chunks = p->live_chunks;
     g->npacks++;
     return 0;
 }
@@ -526,6 +526,15 @@ static int sweep_file(void *opaque, const char *name, bool is_temp)
     return 0;
 }
 
+/* Bytes of a pack that hold no live chunk: its size less the live chunks,
+ * their entry headers and index records, and the fixed header and footer
+ * (docs/FORMAT.md, "Packs"). */
+static uint64_t dead_bytes(const struct gc *g, size_t i)
+{
+    uint64_t used = g->packs[i].live + 48 + 112 * g->packs[i].live_chunks;
+    return g->packs[i].size > used ? g->packs[i].size - used : 0;
+}
+
 int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_gc_result *res)
 {
     struct gc g = { .r = r, .o = o, .res = res };
@@ -554,7 +563,7 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
             if (!o->dry_run && (catalog_pack_delete(r->cat, g.packs[i].id) < 0 ||
                                 pack_remove(r->dir, g.packs[i].name) < 0))
                 goto out;
-        } else if ((double)g.packs[i].live < below * (double)g.packs[i].size) {
+        } else if ((double)dead_bytes(&g, i) > below * (double)g.packs[i].size) {
             if (o->dry_run) {
                 res->packs_rewritten++;
                 gc_note(&g, "would rewrite pack %s (%llu of %llu bytes in use)", g.packs[i].name,

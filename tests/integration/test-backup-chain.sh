@@ -5,8 +5,9 @@
 # whose size is not a multiple of the chunk size.  Every point restores
 # bit-identically to a file and to an NBD export; an incremental reads no
 # more than the bitmap marks dirty, and verify finds nothing wrong.
-. "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/backup-lib.sh"
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+. "$here/backup-lib.sh"
 requires qemu-nbd --version
 requires nbdinfo --version
 

@@ -3,8 +3,9 @@
 # as it was: an export without the bitmap asked for, an export whose size
 # changed since the last point (unless --full), a repository locked by
 # another backup of the same disk; and the errors of restore on bad input.
-. "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/backup-lib.sh"
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+. "$here/backup-lib.sh"
 requires qemu-nbd --version
 requires nbdkit --filter=delay memory 1M --version
 
@@ -32,7 +33,8 @@ unserve
 
 # Another backup of the same disk holds the lock: a slow server keeps the
 # first one busy.
-start_nbdkit slow.sock --filter=delay memory 64M rdelay=200ms
+head -c $((16 * M)) /dev/urandom > noise.raw
+start_nbdkit slow.sock -t 1 --filter=delay file noise.raw rdelay=300ms
 slow="nbd+unix:///?socket=$testdir/slow.sock"
 "$NBDVAULT" backup "$slow" --repo "$repo" --disk slow --connections 1 > first.out 2>&1 &
 first=$!
@@ -43,7 +45,9 @@ for i in $(seq 100); do
 done
 expect_fail 1 "locked" "$NBDVAULT" backup "$slow" --repo "$repo" --disk slow
 # Another disk may back up meanwhile.
-backup_json p3.json "$uri" --repo "$repo" --disk other 2>/dev/null || true
+serve_disk disk.qcow2
+backup_json p3.json "$uri" --repo "$repo" --disk other
+unserve
 kill "$first" 2>/dev/null || :
 wait "$first" 2>/dev/null || :
 
