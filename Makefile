@@ -21,6 +21,10 @@ CPPFLAGS += -I. -D_GNU_SOURCE $(PKG_CFLAGS) -MMD -MP
 LDLIBS   += $(PKG_LIBS) -pthread -lm
 
 ifeq ($(SANITIZE),1)
+# A sanitizer report exits with its own code, so that a test expecting a
+# plain failure (exit 1) cannot mistake one for the other.
+export ASAN_OPTIONS := exitcode=86:detect_leaks=1:abort_on_error=0
+export UBSAN_OPTIONS := halt_on_error=1:exitcode=87:print_stacktrace=1
 BUILD    := build-san
 CFLAGS   += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=address,undefined
