@@ -209,13 +209,27 @@ EOF
 
 # ---- Network -------------------------------------------------------------
 
-# free_port: prints a TCP port of 127.0.0.1 that nobody listens on now.
+# free_port: prints a TCP port of 127.0.0.1 that nobody uses now, taken
+# below the ephemeral range, where the kernel never picks the source port
+# of an outgoing connection (one of our clients could take a port from
+# that range between free_port and the server's bind).
 free_port ()
 {
-    "$PYTHON" -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
+    "$PYTHON" -c 'import random, socket
+lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+pool = [p for p in range(10000, 32768) if not lo <= p <= hi] or list(range(1024, 65536))
+for p in random.sample(pool, 200):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+else:
+    raise SystemExit("free_port: no free port found")'
 }
 
 # _wait_listening unix PATH | tcp PORT: until a connection is accepted
