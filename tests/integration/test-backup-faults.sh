@@ -27,7 +27,7 @@ p1=$(jget p1.json point)
 
 # 1. The server fails reads (nbdkit's error filter): a clean failure.
 head -c $((16 * M)) /dev/urandom > noise.raw
-start_nbdkit err.sock --filter=error file noise.raw error-pread-rate=20% error-pread=EIO
+start_nbdkit err.sock --filter=error file noise.raw error-pread-rate=50% error-pread=EIO
 expect_fail 1 "read from .*(Input/output error|EIO)" \
     "$NBDVAULT" backup "nbd+unix:///?socket=$testdir/err.sock" --repo "$repo" --disk noisy
 [ "$(points)" = 1 ] || fail "a failed backup left a point in the catalog"
