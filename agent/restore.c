@@ -358,12 +358,19 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
     int ret = -1;
     double t0 = agent_now();
     unsigned nworkers = 0;
+    bool snapshot = false;
 
     memset(workers, 0, sizeof workers);
     memset(res, 0, sizeof *res);
     pthread_mutex_init(&rs.lock, NULL);
     pthread_cond_init(&rs.cond, NULL);
     rs.progress = (struct agent_progress){ o->progress, o->opaque, 0 };
+
+    /* One read snapshot for the whole restore: a prune committing meanwhile
+     * cannot mix two states of the chain. */
+    if (catalog_snapshot_begin(r->cat) < 0)
+        goto out;
+    snapshot = true;
 
     /* Which point. */
     int64_t disk_id;
@@ -580,6 +587,8 @@ out:
         error_set(err, "%s", msg);
     }
     catalog_map_close(map);
+    if (snapshot)
+        catalog_snapshot_end(r->cat);
     if (rs.fd >= 0)
         close(rs.fd);
     nbd_pool_close(rs.pool);

@@ -34,6 +34,14 @@ uint32_t catalog_chunk_size(const struct catalog *c);
  * -1 on error. */
 int catalog_integrity_check(struct catalog *c, char **report);
 
+/* A read snapshot: every read through this handle until
+ * catalog_snapshot_end sees the catalog as it was at the begin, whatever
+ * prune or gc commit meanwhile (WAL).  Restores and served exports resolve
+ * maps inside one, so a concurrent prune can never mix two states of a
+ * chain.  No writes through the handle meanwhile. */
+int catalog_snapshot_begin(struct catalog *c);
+int catalog_snapshot_end(struct catalog *c);
+
 /* ---- Locks ---------------------------------------------------------------
  * A backup or prune of disk D holds "disk:D"; gc holds "gc", which excludes
  * every other lock.  A lock whose holder pid is dead on this host is broken

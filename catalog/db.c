@@ -278,6 +278,31 @@ int cat_commit(struct catalog *c)
     return 0;
 }
 
+int catalog_snapshot_begin(struct catalog *c)
+{
+    if (c->tx_depth) {
+        error_set(EBUSY, "catalog: a transaction is already open on this handle");
+        return -1;
+    }
+    if (run(c, "BEGIN DEFERRED", "begin read snapshot") == -1)
+        return -1;
+    /* A deferred transaction takes its snapshot at its first read. */
+    if (run(c, "SELECT count(*) FROM repo", "begin read snapshot") == -1) {
+        run(c, SQL_ROLLBACK, "rollback");
+        return -1;
+    }
+    c->tx_depth = 1;
+    return 0;
+}
+
+int catalog_snapshot_end(struct catalog *c)
+{
+    if (c->tx_depth != 1)
+        return 0;
+    c->tx_depth = 0;
+    return run(c, SQL_COMMIT, "end read snapshot");
+}
+
 void cat_rollback(struct catalog *c)
 {
     sqlite3_stmt *st;

@@ -221,6 +221,62 @@ void nbd_pool_close(struct nbd_pool *p);
  * errors). */
 int nbd_pool_poll(struct nbd_pool *p, int extra_fd, int timeout_ms);
 
+/* ---- Server engine --------------------------------------------------------
+ * Fixed-newstyle NBD server: every option (STARTTLS with X.509 or PSK,
+ * INFO/GO, structured replies, extended headers, metadata contexts, LIST),
+ * READ / BLOCK_STATUS / CACHE / FLUSH / DISC, writes refused with EPERM on a
+ * read-only export.  One thread per connection.  What an export holds comes
+ * from callbacks: the engine knows nothing about backups. */
+
+struct nbd_server_export {
+    void *handle;                 /* passed to every callback */
+    uint64_t size;
+    uint16_t flags;               /* NBD_FLAG_READ_ONLY, NBD_FLAG_CAN_MULTI_CONN, ... */
+    const char *description;      /* or NULL; valid until close */
+    size_t ncontexts;
+    const char *const *contexts;  /* metadata context names; valid until close */
+    /* Fills buf[count] from offset.  Returns 0, 1 when the range reads as
+     * zeroes (a hole is sent; buf may be left as is), or -errno. */
+    int (*read)(void *handle, void *buf, uint64_t count, uint64_t offset);
+    /* Extents of context ctx from offset, within length: fills at most max
+     * (>= 1) entries and returns how many (>= 1), or -errno. */
+    int (*block_status)(void *handle, size_t ctx, uint64_t offset, uint64_t length,
+                        struct nbd_extent *out, size_t max);
+    void (*close)(void *handle);
+};
+
+struct nbd_server_callbacks {
+    void *opaque;
+    /* Opens an export by name: 0 with *e filled, or -1 with errno ENOENT
+     * when there is none (other errnos: a failure). */
+    int (*open)(void *opaque, const char *name, struct nbd_server_export *e);
+    /* Lists the exports: fn for each; fn returns -1 to stop. */
+    int (*list)(void *opaque, int (*fn)(void *fnopaque, const char *name, const char *description),
+                void *fnopaque);
+};
+
+struct nbd_server_opts {
+    const char *socket_path;      /* a Unix socket, or ... */
+    const char *listen;           /* ... HOST:PORT for TCP */
+    const char *tls_certificates; /* X.509 directory: ca-cert.pem server-cert.pem server-key.pem */
+    const char *tls_psk_file;     /* or PSK: "user:hexkey" lines */
+    bool tls_verify_peer;         /* X.509: require and check client certificates */
+    unsigned max_connections;     /* 0 = 64 */
+    int handshake_timeout_ms;     /* 0 = 10 s */
+};
+
+struct nbd_server;
+struct nbd_server *nbd_server_new(const struct nbd_server_opts *o, const struct nbd_server_callbacks *cb);
+/* Listens and serves until nbd_server_stop; then waits for every
+ * connection to end (their clients are disconnected). */
+int nbd_server_run(struct nbd_server *s);
+/* Async-signal-safe: makes nbd_server_run return. */
+void nbd_server_stop(struct nbd_server *s);
+void nbd_server_free(struct nbd_server *s);
+/* Serves one connected socket in the calling thread (tests, fuzzing, inetd
+ * style); takes ownership of fd. */
+int nbd_server_serve_fd(struct nbd_server *s, int fd);
+
 /* ---- Names for logs ----------------------------------------------------- */
 const char *nbd_opt_name(uint32_t opt);
 const char *nbd_rep_name(uint32_t rep);
