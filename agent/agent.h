@@ -92,6 +92,24 @@ struct agent_restore_result {
 int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
                   struct agent_restore_result *res);
 
+/* ---- serve ------------------------------------------------------------------- */
+
+struct agent_serve_opts {
+    const char *socket_path;      /* a Unix socket, or ... */
+    const char *listen;           /* ... HOST:PORT */
+    const char *tls_certificates; /* X.509 directory (server side) */
+    const char *tls_psk_file;
+    bool tls_verify_peer;
+    unsigned max_connections;     /* 0 = 64 */
+    size_t cache_bytes;           /* decompressed chunk cache; 0 = 64 MiB */
+    void (*ready)(void *opaque);  /* called once listening */
+    void *opaque;
+};
+
+/* Serves every restore point as a read-only NBD export "<disk>@<point>",
+ * and "<disk>" as its newest point, until SIGTERM or SIGINT. */
+int agent_serve(struct agent_repo *r, const struct agent_serve_opts *o);
+
 /* ---- verify ---------------------------------------------------------------- */
 
 struct agent_verify_opts {

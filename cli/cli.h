@@ -29,6 +29,7 @@ int cli_restore(int argc, char **argv);
 int cli_verify(int argc, char **argv);
 int cli_prune(int argc, char **argv);
 int cli_gc(int argc, char **argv);
+int cli_serve(int argc, char **argv);
 
 /* The configuration file (--config FILE); the command line overrides it. */
 struct cli_config {

@@ -20,6 +20,7 @@ static const struct cli_command commands[] = {
     { "verify", "check every chunk, pack and the catalog", cli_verify },
     { "prune", "remove old restore points by retention rules", cli_prune },
     { "gc", "give back the space of removed points", cli_gc },
+    { "serve", "serve restore points as read-only NBD exports", cli_serve },
 };
 
 static void usage(FILE *f)

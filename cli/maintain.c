@@ -336,3 +336,87 @@ int cli_gc(int argc, char **argv)
     agent_repo_close(r);
     return ret;
 }
+
+/* ---- serve ---------------------------------------------------------------------- */
+
+static const char serve_help[] =
+    "Usage: nbdvault serve --repo DIR (--socket PATH | --listen HOST:PORT)\n"
+    "                      [--tls-certificates DIR | --tls-psk-file FILE]\n"
+    "                      [--tls-verify-peer] [--max-connections N]\n"
+    "\n"
+    "Serves every restore point of the repository as a read-only NBD export\n"
+    "named DISK@POINT, and DISK as that disk's newest point, until SIGTERM or\n"
+    "SIGINT.  Each export offers base:allocation, qemu:allocation-depth and\n"
+    "qemu:dirty-bitmap:since-P for every earlier point P of the disk (what\n"
+    "changed after P), so that another nbdvault can back up from it\n"
+    "incrementally:\n"
+    "\n"
+    "  nbdvault backup 'nbd+unix:///vm1@7?socket=S' --bitmap since-6 --repo OTHER --disk vm1\n"
+    "\n"
+    "  --socket PATH             a Unix socket\n"
+    "  --listen HOST:PORT        TCP\n"
+    "  --tls-certificates DIR    TLS with X.509: DIR/ca-cert.pem, server-cert.pem,\n"
+    "                            server-key.pem (QEMU's layout)\n"
+    "  --tls-psk-file FILE       TLS with pre-shared keys (\"user:hexkey\" lines)\n"
+    "  --tls-verify-peer         X.509: require client certificates\n"
+    "  --max-connections N       default 64\n";
+
+static void serve_ready(void *opaque)
+{
+    const char *where = opaque;
+    fprintf(stderr, "nbdvault serve: listening on %s\n", where);
+}
+
+int cli_serve(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "repo", required_argument, NULL, 'r' },
+        { "socket", required_argument, NULL, 's' },
+        { "listen", required_argument, NULL, 'l' },
+        { "tls-certificates", required_argument, NULL, 'x' },
+        { "tls-psk-file", required_argument, NULL, 'p' },
+        { "tls-verify-peer", no_argument, NULL, 'v' },
+        { "max-connections", required_argument, NULL, 'm' },
+        { "config", required_argument, NULL, 'C' },
+        { "help", no_argument, NULL, 'h' },
+        { 0 },
+    };
+    const char *repo = NULL, *config = NULL;
+    struct agent_serve_opts o = { 0 };
+    int ch;
+
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'r': repo = optarg; break;
+        case 's': o.socket_path = optarg; break;
+        case 'l': o.listen = optarg; break;
+        case 'x': o.tls_certificates = optarg; break;
+        case 'p': o.tls_psk_file = optarg; break;
+        case 'v': o.tls_verify_peer = true; break;
+        case 'm':
+            if (cli_parse_unsigned(optarg, 100000, &o.max_connections) < 0 || !o.max_connections)
+                return cli_usage_error("serve", "bad --max-connections \"%s\"", optarg);
+            break;
+        case 'C': config = optarg; break;
+        case 'h': fputs(serve_help, stdout); return CLI_EXIT_OK;
+        default: return cli_usage_error("serve", "bad option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error("serve", "unexpected argument \"%s\"", argv[optind]);
+    if (!o.socket_path == !o.listen)
+        return cli_usage_error("serve", "give exactly one of --socket PATH and --listen HOST:PORT");
+    if (o.tls_certificates && o.tls_psk_file)
+        return cli_usage_error("serve", "give at most one of --tls-certificates and --tls-psk-file");
+    struct agent_repo *r = open_repo("serve", repo, config);
+    if (!r)
+        return CLI_EXIT_FAIL;
+    o.ready = serve_ready;
+    o.opaque = (void *)(o.socket_path ? o.socket_path : o.listen);
+    int ret = CLI_EXIT_OK;
+    if (agent_serve(r, &o) < 0)
+        ret = cli_error("serve", "%s", error_msg());
+    agent_repo_close(r);
+    return ret;
+}
