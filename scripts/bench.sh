@@ -1,0 +1,271 @@
+#!/bin/bash
+# Benchmarks nbdvault against what a user would run instead, in the same
+# run, and writes the table into docs/BENCHMARKS.md.
+#
+#   scripts/bench.sh            (make bench)
+#   BENCH_RUNS=5 BENCH_DIR=/var/tmp/nbdvault-bench scripts/bench.sh
+#
+# The reference disk (cached in $BENCH_DIR): a 4 GiB qcow2 holding about
+# 1.5 GiB of real files (a tar of /usr), 512 MiB of random data, the rest
+# holes, and a persistent bitmap "b0" holding about 1% of the disk as
+# scattered 64 KiB granules.  Exported read-only by qemu-nbd --shared=8.
+#
+# Ratios only: no timing goes into make check.
+set -euo pipefail
+NBDVAULT=${NBDVAULT:-$(pwd)/nbdvault}
+RUNS=${BENCH_RUNS:-3}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/nbdvault-bench}
+OUT_MD=${BENCH_OUT:-docs/BENCHMARKS.md}
+PY=/usr/bin/python3
+GiB=$((1024 * 1024 * 1024))
+MiB=$((1024 * 1024))
+
+mkdir -p "$BENCH_DIR"
+work=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || :; done
+    wait 2>/dev/null || :
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+log() { printf '%s\n' "$*" >&2; }
+
+# ---- The reference disks ----------------------------------------------------
+
+make_disk() {   # make_disk FILE SIZE
+    local img=$1 size=$2 tmp=$1.tmp
+    log "bench: building $img ($((size / GiB)) GiB)"
+    rm -f "$tmp"
+    qemu-img create -q -f qcow2 "$tmp" "$size"
+    (cd / && tar cf - --exclude=usr/lib/debug usr 2>/dev/null) | head -c $((1536 * MiB)) > "$work/files.tar"
+    qemu-io -f qcow2 -c "write -s $work/files.tar 0 $(stat -c %s "$work/files.tar")" "$tmp" >/dev/null
+    head -c $((512 * MiB)) /dev/urandom > "$work/random.bin"
+    qemu-io -f qcow2 -c "write -s $work/random.bin $((2 * GiB)) $((512 * MiB))" "$tmp" >/dev/null
+    rm -f "$work/files.tar" "$work/random.bin"
+    qemu-img bitmap --add "$tmp" b0
+    # ~1% of the disk, scattered 64 KiB granules: new random data over
+    # old files and holes alike.
+    local n=$((size / 100 / 65536))
+    head -c $((64 * 1024)) /dev/urandom > "$work/g.bin"
+    $PY - "$size" "$n" "$work/g.bin" > "$work/writes" <<'PY'
+import random, sys
+size, n, src = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+random.seed(11)
+cells = random.sample(range(size // 65536), n)
+for c in sorted(cells):
+    print("-c\nwrite -s %s %d 65536" % (src, c * 65536))
+PY
+    mapfile -t args < "$work/writes"
+    qemu-io -f qcow2 "${args[@]}" "$tmp" >/dev/null
+    mv "$tmp" "$img"
+}
+
+disk=$BENCH_DIR/disk-4g.qcow2
+big=$BENCH_DIR/disk-16g.qcow2
+[ -f "$disk" ] || make_disk "$disk" $((4 * GiB))
+if [ ! -f "$big" ]; then
+    # The same content in a 4 times larger, sparser disk.
+    qemu-img create -q -f qcow2 -b "$disk" -F qcow2 "$big.tmp" $((16 * GiB))
+    qemu-img convert -f qcow2 -O qcow2 "$big.tmp" "$big.tmp2"
+    rm -f "$big.tmp"
+    mv "$big.tmp2" "$big"
+fi
+
+# The state of the disk before the bitmap's writes, for the full backup
+# point: a full backup of the disk, then the incremental of b0.  We take the
+# full from the disk as it is (with the writes) and the incremental reads
+# exactly what b0 marks, which is what a nightly run reads.
+
+serve() {   # serve IMAGE SOCK [ARGS]
+    local img=$1 sock=$2
+    shift 2
+    qemu-nbd --fork --pid-file="$sock.pid" -k "$sock" -t -r -f qcow2 -B b0 --shared=8 "$@" "$img"
+    pids+=("$(cat "$sock.pid")")
+}
+serve "$disk" "$work/src.sock"
+src="nbd+unix:///?socket=$work/src.sock"
+serve "$big" "$work/big.sock"
+bigsrc="nbd+unix:///?socket=$work/big.sock"
+
+# ---- Timing helpers -----------------------------------------------------------
+
+now() { date +%s.%N; }
+# median CMD...: runs CMD $RUNS times (with PREP, if set, before each run,
+# untimed) and prints the median wall time in seconds.
+median() {
+    local t=() i s e
+    for i in $(seq "$RUNS"); do
+        [ -n "${PREP:-}" ] && eval "$PREP"
+        s=$(now)
+        "$@" > /dev/null
+        e=$(now)
+        t+=("$(echo "$e - $s" | bc -l)")
+    done
+    printf '%s\n' "${t[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
+peak_rss_mib() {   # peak_rss_mib CMD...
+    /usr/bin/time -f '%M' -o "$work/rss" "$@" > /dev/null 2>&1
+    echo $(( $(tail -n 1 "$work/rss") / 1024 ))
+}
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+
+# ---- Full backup ------------------------------------------------------------------
+
+log "bench: full backup"
+t_nbdcopy_zstd=$(median bash -c "nbdcopy '$src' - | zstd -1 -T2 -q > $work/pipe.zst")
+t_nbdcopy_null=$(median nbdcopy "$src" null:)
+PREP="rm -rf $work/repo" t_full=$(median "$NBDVAULT" backup "$src" --repo "$work/repo" --disk d)
+rm -rf "$work/repo"
+"$NBDVAULT" backup "$src" --repo "$work/repo" --disk d --bitmap b0 --json > "$work/full.json"
+rss_backup=$(PREP= peak_rss_mib "$NBDVAULT" backup "$src" --repo "$work/rss-repo" --disk d)
+rm -rf "$work/rss-repo"
+rss_backup_big=$(peak_rss_mib "$NBDVAULT" backup "$bigsrc" --repo "$work/rss-repo" --disk d)
+rm -rf "$work/rss-repo"
+zstd_size=$(stat -c %s "$work/pipe.zst")
+
+# ---- Incremental ---------------------------------------------------------------------
+
+log "bench: incremental"
+cat > "$work/walk.py" <<'PY'
+# The core of a virtnbdbackup-style incremental: walk the dirty bitmap with
+# block status, read only the dirty extents (and write them out when asked).
+import nbd, sys
+h = nbd.NBD()
+h.add_meta_context("qemu:dirty-bitmap:b0")
+h.connect_uri(sys.argv[1])
+size = h.get_size()
+dirty, covered = [], [0]
+def cb(ctx, start, entries, err):
+    o = start
+    for i in range(0, len(entries), 2):
+        if entries[i + 1] & 1:
+            dirty.append((o, min(entries[i], size - o)))
+        o += entries[i]
+        if o >= size:
+            break
+    covered[0] = o - start
+    return 0
+off = 0
+while off < size:
+    covered[0] = 0
+    h.block_status(min(size - off, 2**32 - 65536), off, cb)
+    if covered[0] == 0:
+        sys.exit("no progress")
+    off += covered[0]
+out = open(sys.argv[2], "wb") if len(sys.argv) > 2 else None
+total = 0
+for o, l in dirty:
+    while l > 0:
+        k = min(l, 32 * 1024 * 1024)
+        b = h.pread(k, o)
+        total += len(b)
+        if out:
+            out.write(b)
+        o += k
+        l -= k
+print(total)
+PY
+cp -a "$work/repo" "$work/repo-full"
+t_walk=$(median $PY "$work/walk.py" "$src")
+PREP="rm -rf $work/repo; cp -a $work/repo-full $work/repo" \
+    t_incr=$(median "$NBDVAULT" backup "$src" --repo "$work/repo" --disk d --bitmap b0)
+rm -rf "$work/repo"
+cp -a "$work/repo-full" "$work/repo"
+"$NBDVAULT" backup "$src" --repo "$work/repo" --disk d --bitmap b0 --json > "$work/incr.json"
+rm -rf "$work/rss-repo"
+cp -a "$work/repo-full" "$work/rss-repo"
+rss_incr=$(peak_rss_mib "$NBDVAULT" backup "$src" --repo "$work/rss-repo" --disk d --bitmap b0)
+rm -rf "$work/rss-repo"
+$PY "$work/walk.py" "$src" "$work/dirty.bin" > /dev/null
+zstd -1 -q -f "$work/dirty.bin" -o "$work/dirty.zst"
+dirty_zstd=$(stat -c %s "$work/dirty.zst")
+dirty_bytes=$(stat -c %s "$work/dirty.bin")
+rm -f "$work/dirty.bin" "$work/dirty.zst"
+jget() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+incr_stored=$(jget "$work/incr.json" bytes_stored)
+incr_read=$(jget "$work/incr.json" bytes_read)
+full_point=$(jget "$work/full.json" point)
+full_stored=$(jget "$work/full.json" bytes_stored)
+
+# ---- Restore ---------------------------------------------------------------------------
+
+log "bench: restore"
+PREP="rm -f $work/out.raw" t_convert=$(median qemu-img convert -f qcow2 -O raw "$disk" "$work/out.raw")
+PREP="rm -f $work/out.raw" t_restore=$(median "$NBDVAULT" restore --repo "$work/repo" --disk d \
+    --point "$full_point" --output "$work/out.raw")
+rm -f "$work/out.raw"
+rss_restore=$(peak_rss_mib "$NBDVAULT" restore --repo "$work/repo" --disk d --point "$full_point" \
+    --output "$work/out.raw")
+rm -f "$work/out.raw"
+# The 16 GiB disk: its full point, restored.
+"$NBDVAULT" backup "$bigsrc" --repo "$work/repo-big" --disk big > /dev/null
+rss_restore_big=$(peak_rss_mib "$NBDVAULT" restore --repo "$work/repo-big" --disk big --output "$work/out.raw")
+rm -f "$work/out.raw"
+
+# ---- Serve -------------------------------------------------------------------------------
+
+log "bench: serve"
+"$NBDVAULT" serve --repo "$work/repo" --socket "$work/vault.sock" 2> /dev/null &
+vault=$!
+pids+=("$vault")
+for _ in $(seq 100); do [ -S "$work/vault.sock" ] && break; sleep 0.05; done
+t_qemu_read=$(median nbdcopy "$src" null:)
+t_vault_read=$(median nbdcopy "nbd+unix:///d@$full_point?socket=$work/vault.sock" null:)
+rss_serve=$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$vault/status")
+kill "$vault"
+wait "$vault" 2>/dev/null || :
+
+# ---- Sizes ---------------------------------------------------------------------------------
+
+repo_bytes=$(du -sb "$work/repo" | cut -f1)
+catalog_bytes=$(( $(stat -c %s "$work/repo/catalog.db") + $(stat -c %s "$work/repo/catalog.db-wal" 2>/dev/null || echo 0) ))
+packs_full=$full_stored
+
+# ---- Report ----------------------------------------------------------------------------------
+
+cores=$(nproc)
+cpu=$(awk -F: '/model name/ { sub(/^ */, "", $2); print $2; exit }' /proc/cpuinfo)
+row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
+pct() { echo "scale=1; 100 * $1 / $2" | bc -l; }
+ok() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "yes"; else echo "**no**"; fi; }
+{
+    echo "# Benchmarks"
+    echo
+    echo "Written by \`scripts/bench.sh\` (\`make bench\`) on $(date -u +%Y-%m-%d): $cores cores ($cpu),"
+    echo "median of $RUNS runs.  The disk: 4 GiB qcow2, 1.5 GiB of a tar of /usr, 512 MiB of"
+    echo "random data, the rest holes; the bitmap b0 holds 1% of the disk as scattered 64 KiB"
+    echo "granules; qemu-nbd --shared=8 on a Unix socket.  Ratios compare with the tool a"
+    echo "user would use instead, measured in the same run."
+    echo
+    echo "| measure | nbdvault | instead | ratio | target |"
+    echo "|---|---|---|---|---|"
+    row "full backup (s)" "$t_full" "nbdcopy \\| zstd -1 -T2: $t_nbdcopy_zstd" \
+        "$(ratio "$t_nbdcopy_zstd" "$t_full")x faster" "2x faster: $(ok "$t_nbdcopy_zstd >= 2 * $t_full")"
+    row "read ceiling (s)" "" "nbdcopy null: $t_nbdcopy_null" "" ""
+    row "incremental backup (s)" "$t_incr" "python3-libnbd dirty walk: $t_walk" \
+        "$(ratio "$t_walk" "$t_incr")x" "no slower: $(ok "$t_incr <= $t_walk")"
+    row "restore to raw (s)" "$t_restore" "qemu-img convert -O raw: $t_convert" \
+        "$(ratio "$t_convert" "$t_restore")x" "no slower: $(ok "$t_restore <= $t_convert")"
+    row "read a served point, nbdcopy (s)" "$t_vault_read" "qemu-nbd qcow2: $t_qemu_read" \
+        "$(ratio "$t_qemu_read" "$t_vault_read")x speed" ">= 0.8x: $(ok "$t_qemu_read >= 0.8 * $t_vault_read")"
+    row "peak RSS backup 4G / 16G (MiB)" "$rss_backup / $rss_backup_big" "" "" "<= 64: $(ok "$rss_backup <= 64 && $rss_backup_big <= 64")"
+    row "peak RSS incremental (MiB)" "$rss_incr" "" "" "<= 64: $(ok "$rss_incr <= 64")"
+    row "peak RSS restore 4G / 16G (MiB)" "$rss_restore / $rss_restore_big" "" "" "<= 64: $(ok "$rss_restore <= 64 && $rss_restore_big <= 64")"
+    row "peak RSS serve (MiB)" "$rss_serve" "" "" ""
+    row "incremental stored (bytes)" "$incr_stored" "zstd -1 of its dirty extents: $dirty_zstd" \
+        "$(ratio "$incr_stored" "$dirty_zstd")x" "<= 1.5x: $(ok "$incr_stored <= 1.5 * $dirty_zstd")"
+    row "incremental read (bytes)" "$incr_read" "dirty extents: $dirty_bytes" "" ""
+    row "catalog / repository" "$catalog_bytes / $repo_bytes" "" "$(pct "$catalog_bytes" "$repo_bytes")%" \
+        "<= 1%: $(ok "$catalog_bytes * 100 <= $repo_bytes")"
+    row "full point stored (bytes)" "$packs_full" "zstd -1 of the disk: $zstd_size" \
+        "$(ratio "$packs_full" "$zstd_size")x" "within 5%: $(ok "$packs_full <= 1.05 * $zstd_size")"
+} > "$work/table.md"
+cat "$work/table.md"
+if [ -n "$OUT_MD" ]; then
+    # Keep the history below the newest table.
+    old=$( [ -f "$OUT_MD" ] && sed -n '/^## History/,$p' "$OUT_MD" || true)
+    { cat "$work/table.md"; echo; if [ -n "$old" ]; then echo "$old"; else echo "## History"; echo; fi; } > "$OUT_MD.tmp"
+    mv "$OUT_MD.tmp" "$OUT_MD"
+fi
