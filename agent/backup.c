@@ -23,6 +23,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "agent/grid.h"
 #include "agent/internal.h"
 #include "agent/pack.h"
 #include "common/error.h"
@@ -39,13 +40,8 @@
 
 /* ---- Extent lists of one window ------------------------------------------- */
 
-struct ext {
-    uint64_t off, len;
-    uint64_t flags;
-};
-
 struct extv {
-    struct ext *e;
+    struct grid_extent *e;
     size_t n, cap;
 };
 
@@ -53,7 +49,7 @@ static int extv_push(struct extv *v, uint64_t off, uint64_t len, uint64_t flags)
 {
     if (v->n == v->cap) {
         size_t cap = v->cap ? v->cap * 2 : 256;
-        struct ext *ne = realloc(v->e, cap * sizeof *ne);
+        struct grid_extent *ne = realloc(v->e, cap * sizeof *ne);
         if (!ne) {
             error_set(ENOMEM, "out of memory");
             return -1;
@@ -61,7 +57,7 @@ static int extv_push(struct extv *v, uint64_t off, uint64_t len, uint64_t flags)
         v->e = ne;
         v->cap = cap;
     }
-    v->e[v->n++] = (struct ext){ off, len, flags };
+    v->e[v->n++] = (struct grid_extent){ off, len, flags };
     return 0;
 }
 
@@ -121,7 +117,7 @@ struct batch {
     uint64_t first_cell;
     unsigned ncells;
     uint8_t *buf;
-    struct ext reads[MAX_BATCH_CELLS * 8];
+    struct grid_range reads[MAX_BATCH_CELLS * 8]; /* disk ranges, merged */
     size_t nreads;
     struct fill *fills;
     size_t nfills, capfills;
@@ -193,12 +189,6 @@ static bool failed(struct backup *b)
     bool f = b->err != 0;
     pthread_mutex_unlock(&b->lock);
     return f;
-}
-
-static uint64_t cell_len(const struct backup *b, uint64_t cell)
-{
-    uint64_t off = cell * b->chunk;
-    return b->size - off < b->chunk ? b->size - off : b->chunk;
 }
 
 /* ---- Store: pending chunks, packs, rows (callers hold store_lock) ---------- */
@@ -367,7 +357,7 @@ static int load_parent(struct worker *w, int64_t chunk_id, uint64_t len)
 static int process_cell(struct worker *w, struct batch *bt, unsigned i)
 {
     struct backup *b = w->b;
-    uint64_t cell = bt->first_cell + i, len = cell_len(b, cell);
+    uint64_t cell = bt->first_cell + i, len = grid_cell_len(b->size, b->chunk, cell);
     uint8_t *data = bt->buf + (size_t)i * b->chunk;
     uint8_t hash[PACK_HASH_LEN];
     struct catalog_chunk found;
@@ -541,20 +531,20 @@ static void dispatch(struct backup *b, struct batch *bt)
         return;
     }
     bt->reads_pending = 1; /* held while submitting */
-    uint64_t base = bt->first_cell * b->chunk;
+    uint64_t base = grid_cell_start(b->chunk, bt->first_cell);
     for (size_t i = 0; i < bt->nreads; i++) {
         struct nbd_conn *c = least_loaded(b);
+        uint64_t off = bt->reads[i].start, len = bt->reads[i].end - off;
         if (!c) {
             fail(b, EIO, "read from %s: every connection is dead", b->o->uri);
             break;
         }
-        if (nbd_aio_pread(c, bt->buf + (bt->reads[i].off - base), bt->reads[i].len,
-                          bt->reads[i].off, 0, read_done, bt) < 0) {
+        if (nbd_aio_pread(c, bt->buf + (off - base), len, off, 0, read_done, bt) < 0) {
             fail(b, error_errno(), "read from %s: %s", b->o->uri, error_msg());
             break;
         }
         bt->reads_pending++;
-        b->read_bytes += bt->reads[i].len;
+        b->read_bytes += len;
     }
     if (--bt->reads_pending == 0)
         queue_work(b, bt);
@@ -619,88 +609,14 @@ static int parent_chunk(struct backup *b, uint64_t cell, int64_t *chunk)
     return 0;
 }
 
-/* Intersections of [s, e) with the extents of v (from *idx on) that match
- * (flags & mask) == want; calls fn for each piece. */
-static int each_piece(const struct extv *v, size_t *idx, uint64_t s, uint64_t e, uint64_t mask,
-                      uint64_t want, int (*fn)(void *, uint64_t, uint64_t), void *opaque)
-{
-    while (*idx < v->n && v->e[*idx].off + v->e[*idx].len <= s)
-        (*idx)++;
-    for (size_t i = *idx; i < v->n && v->e[i].off < e; i++) {
-        if ((v->e[i].flags & mask) != want)
-            continue;
-        uint64_t ps = v->e[i].off > s ? v->e[i].off : s;
-        uint64_t pe = v->e[i].off + v->e[i].len < e ? v->e[i].off + v->e[i].len : e;
-        if (ps < pe && fn(opaque, ps, pe) < 0)
-            return -1;
-    }
-    return 0;
-}
-
-struct cellplan {
-    struct backup *b;
-    struct extv *alloc;
-    size_t aidx;
-    uint64_t reads[64][2];        /* disk ranges to read, merged */
-    size_t nreads;
-    uint64_t dirty[64][2];
-    size_t ndirty;
-    bool overflow;
-};
-
-static int add_read(void *opaque, uint64_t s, uint64_t e)
-{
-    struct cellplan *p = opaque;
-    if (p->nreads && p->reads[p->nreads - 1][1] == s) {
-        p->reads[p->nreads - 1][1] = e;
-        return 0;
-    }
-    if (p->nreads == 64) {
-        p->overflow = true;
-        return 0;
-    }
-    p->reads[p->nreads][0] = s;
-    p->reads[p->nreads][1] = e;
-    p->nreads++;
-    return 0;
-}
-
-static int add_dirty_piece(void *opaque, uint64_t s, uint64_t e)
-{
-    struct cellplan *p = opaque;
-    if (p->ndirty && p->dirty[p->ndirty - 1][1] == s) {
-        p->dirty[p->ndirty - 1][1] = e;
-        return 0;
-    }
-    if (p->ndirty == 64) {
-        p->overflow = true;
-        return 0;
-    }
-    p->dirty[p->ndirty][0] = s;
-    p->dirty[p->ndirty][1] = e;
-    p->ndirty++;
-    return 0;
-}
-
-/* Reads of [s, e) that base:allocation reports as data (zero extents are
- * left as zeros in the buffer, unread). */
-static int plan_reads(struct cellplan *p, uint64_t s, uint64_t e)
-{
-    if (!p->b->have_alloc)
-        return add_read(p, s, e);
-    return each_piece(p->alloc, &p->aidx, s, e, NBD_STATE_ZERO, 0, add_read, p);
-}
-
 struct window {
     struct extv alloc, dirty;
-    size_t didx;
 };
 
 static int load_window(struct backup *b, struct window *w, uint64_t ws, uint64_t we)
 {
     struct nbd_conn *c = nbd_pool_conn(b->pool, 0);
     w->alloc.n = w->dirty.n = 0;
-    w->didx = 0;
     if (b->have_alloc &&
         nbd_block_status_walk(c, NBD_CONTEXT_BASE_ALLOCATION, ws, we - ws, true, collect, &w->alloc) < 0) {
         error_prefix("block status (base:allocation) of %s: ", b->o->uri);
@@ -714,10 +630,12 @@ static int load_window(struct backup *b, struct window *w, uint64_t ws, uint64_t
     return 0;
 }
 
-static int sum_read(void *opaque, uint64_t s, uint64_t e)
+/* The planner's view of a loaded window, its cursors at the start. */
+static struct grid_input window_input(const struct backup *b, const struct window *w)
 {
-    *(uint64_t *)opaque += e - s;
-    return 0;
+    return (struct grid_input){ .full = b->full, .have_alloc = b->have_alloc,
+                                .alloc = { w->alloc.e, w->alloc.n, 0 },
+                                .dirty = { w->dirty.e, w->dirty.n, 0 } };
 }
 
 /* bytes_planned: what the plan will read, from one pass over block status. */
@@ -730,28 +648,8 @@ static int count_planned(struct backup *b)
         uint64_t we = b->size - ws < WINDOW_BYTES ? b->size : ws + WINDOW_BYTES;
         if (load_window(b, &w, ws, we) < 0)
             goto out;
-        if (b->full) {
-            if (!b->have_alloc)
-                b->planned += we - ws;
-            else {
-                size_t ai = 0;
-                each_piece(&w.alloc, &ai, ws, we, NBD_STATE_ZERO, 0, sum_read, &b->planned);
-            }
-        } else {
-            for (size_t i = 0; i < w.dirty.n; i++) {
-                if (!(w.dirty.e[i].flags & NBD_STATE_DIRTY))
-                    continue;
-                /* Whole cells around dirty data are what get planned: the
-                 * reads stay within the dirty extents themselves. */
-                uint64_t s = w.dirty.e[i].off, e = s + w.dirty.e[i].len;
-                if (!b->have_alloc)
-                    b->planned += e - s;
-                else {
-                    size_t ai = 0;
-                    each_piece(&w.alloc, &ai, s, e, NBD_STATE_ZERO, 0, sum_read, &b->planned);
-                }
-            }
-        }
+        struct grid_input in = window_input(b, &w);
+        b->planned += grid_planned(&in, b->size, b->chunk, ws, we);
     }
     ret = 0;
 out:
@@ -760,10 +658,31 @@ out:
     return ret;
 }
 
+/* Records the parts of cell i of bt to take from the parent's chunk. */
+static int add_fills(struct batch *bt, unsigned i, uint64_t cs, const struct grid_plan *p)
+{
+    for (size_t f = 0; f < p->nfills; f++) {
+        if (bt->nfills == bt->capfills) {
+            size_t cap = bt->capfills ? bt->capfills * 2 : 64;
+            struct fill *nf = realloc(bt->fills, cap * sizeof *nf);
+            if (!nf) {
+                error_set(ENOMEM, "out of memory");
+                return -1;
+            }
+            bt->fills = nf;
+            bt->capfills = cap;
+        }
+        bt->fills[bt->nfills++] = (struct fill){ i, (uint32_t)(p->fills[f].start - cs),
+                                                 (uint32_t)(p->fills[f].end - p->fills[f].start) };
+    }
+    return 0;
+}
+
 static int plan_and_read(struct backup *b)
 {
     struct window w = { 0 };
     struct batch *bt = NULL;
+    struct grid_plan p;
     int ret = -1;
 
     for (uint64_t ws = 0; ws < b->size && !failed(b); ws += WINDOW_BYTES) {
@@ -772,41 +691,21 @@ static int plan_and_read(struct backup *b)
             fail(b, error_errno(), "%s", error_msg());
             break;
         }
-        struct cellplan p = { .b = b, .alloc = &w.alloc };
-        for (uint64_t cell = ws / b->chunk; cell * b->chunk < we && !failed(b); cell++) {
-            uint64_t cs = cell * b->chunk, ce = cs + cell_len(b, cell);
-            p.nreads = p.ndirty = 0;
-            p.overflow = false;
+        struct grid_input in = window_input(b, &w);
+        for (uint64_t cell = grid_cell_of(b->chunk, ws);
+             grid_cell_start(b->chunk, cell) < we && !failed(b); cell++) {
+            uint64_t cs = grid_cell_start(b->chunk, cell);
+            grid_plan_cell(&in, cs, cs + grid_cell_len(b->size, b->chunk, cell), &p);
+            if (p.kind == GRID_SKIP)
+                continue; /* unchanged: inherited from the parent */
             int64_t pchunk = 0;
-            if (b->full) {
-                plan_reads(&p, cs, ce);
-            } else {
-                each_piece(&w.dirty, &w.didx, cs, ce, NBD_STATE_DIRTY, NBD_STATE_DIRTY,
-                           add_dirty_piece, &p);
-                if (p.ndirty == 0)
-                    continue; /* unchanged: inherited from the parent */
-                for (size_t d = 0; d < p.ndirty && !p.overflow; d++)
-                    plan_reads(&p, p.dirty[d][0], p.dirty[d][1]);
-                if (p.overflow) {
-                    /* Too fragmented to track: treat the cell as wholly dirty. */
-                    p.nreads = p.ndirty = 0;
-                    p.overflow = false;
-                    add_dirty_piece(&p, cs, ce);
-                    plan_reads(&p, cs, ce);
-                }
-                bool partial = !(p.ndirty == 1 && p.dirty[0][0] == cs && p.dirty[0][1] == ce);
-                if (partial && parent_chunk(b, cell, &pchunk) < 0) {
-                    fail(b, error_errno(), "%s", error_msg());
-                    break;
-                }
-            }
-            if (p.overflow) { /* full backup of a very fragmented cell */
-                p.nreads = 0;
-                p.overflow = false;
-                add_read(&p, cs, ce);
+            if (p.partial && parent_chunk(b, cell, &pchunk) < 0) {
+                fail(b, error_errno(), "%s", error_msg());
+                break;
             }
             if (p.nreads == 0 && pchunk == 0) {
-                /* All zero, nothing to read: a zero cell. */
+                /* All zero, nothing to read (GRID_ZERO, or only zeros dirty
+                 * where the parent's cell is zero): a zero cell. */
                 if (bt && bt->ncells) {
                     dispatch(b, bt);
                     bt = NULL;
@@ -833,35 +732,15 @@ static int plan_and_read(struct backup *b)
             unsigned i = bt->ncells++;
             bt->parent_chunk[i] = pchunk;
             for (size_t r = 0; r < p.nreads; r++) {
-                if (bt->nreads && bt->reads[bt->nreads - 1].off + bt->reads[bt->nreads - 1].len ==
-                                      p.reads[r][0])
-                    bt->reads[bt->nreads - 1].len += p.reads[r][1] - p.reads[r][0];
+                if (bt->nreads && bt->reads[bt->nreads - 1].end == p.reads[r].start)
+                    bt->reads[bt->nreads - 1].end = p.reads[r].end;
                 else
-                    bt->reads[bt->nreads++] = (struct ext){ p.reads[r][0], p.reads[r][1] - p.reads[r][0], 0 };
+                    bt->reads[bt->nreads++] = p.reads[r];
             }
-            if (pchunk) {
-                /* The clean parts come from the parent's chunk. */
-                uint64_t pos = cs;
-                for (size_t d = 0; d <= p.ndirty; d++) {
-                    uint64_t gap_end = d < p.ndirty ? p.dirty[d][0] : ce;
-                    if (gap_end > pos) {
-                        if (bt->nfills == bt->capfills) {
-                            size_t cap = bt->capfills ? bt->capfills * 2 : 64;
-                            struct fill *nf = realloc(bt->fills, cap * sizeof *nf);
-                            if (!nf) {
-                                fail(b, ENOMEM, "out of memory");
-                                break;
-                            }
-                            bt->fills = nf;
-                            bt->capfills = cap;
-                        }
-                        bt->fills[bt->nfills++] = (struct fill){ i, (uint32_t)(pos - cs),
-                                                                 (uint32_t)(gap_end - pos) };
-                    }
-                    if (d < p.ndirty)
-                        pos = p.dirty[d][1];
-                }
-            }
+            /* The clean parts come from the parent's chunk (a zero parent
+             * cell needs nothing: the buffer is zeros). */
+            if (pchunk && add_fills(bt, i, cs, &p) < 0)
+                fail(b, error_errno(), "%s", error_msg());
         }
     }
     if (bt) {
@@ -965,7 +844,7 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
     }
     struct nbd_conn *c0 = nbd_pool_conn(b->pool, 0);
     b->size = nbd_get_size(c0);
-    b->ncells = (b->size + b->chunk - 1) / b->chunk;
+    b->ncells = grid_cells(b->size, b->chunk);
     b->have_alloc = nbd_has_context(c0, NBD_CONTEXT_BASE_ALLOCATION);
     if (o->bitmap && !nbd_has_context(c0, ctxname)) {
         error_set(ENOENT, "%s: the export does not offer the dirty bitmap \"%s\" (%s)", o->uri,
