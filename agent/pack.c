@@ -539,7 +539,7 @@ int pack_writer_add(struct pack_writer *w, struct pack_entry *e, const void *sto
 
     if (w->finished || w->failed) {
         error_set(w->failed ? w->failed : EINVAL, "write pack %s: %s", w->name,
-                  w->failed ? "an earlier write failed" : "already finished");
+                  w->failed ? strerror(w->failed) : "already finished");
         return -1;
     }
     if (check_entry_fields(e, EINVAL) < 0) {
@@ -600,7 +600,7 @@ int pack_writer_finish(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t
 
     if (w->finished || w->failed) {
         error_set(w->failed ? w->failed : EINVAL, "write pack %s: %s", w->name,
-                  w->failed ? "an earlier write failed" : "already finished");
+                  w->failed ? strerror(w->failed) : "already finished");
         return -1;
     }
 
