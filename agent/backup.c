@@ -30,7 +30,7 @@
 #include "nbdcore/nbdcore.h"
 
 #define BATCH_BYTES (1u << 20)
-#define NBATCHES 12
+#define NBATCHES 32
 #define MAX_BATCH_CELLS 16
 #define WINDOW_BYTES (UINT64_C(256) << 20)
 #define ROW_FLUSH 8192
@@ -72,10 +72,12 @@ static int collect(void *opaque, const char *ctx, uint64_t off, const struct nbd
 
 /* ---- Catalog rows ----------------------------------------------------------- */
 
+struct pslot;
+
 struct row {
     uint64_t cell, count;
     int64_t chunk_id;             /* 0 zero, > 0 known */
-    int32_t pending;              /* >= 0: index of a chunk in the open pack */
+    int32_t pending;              /* >= 0: index of a chunk in a pack not yet recorded */
 };
 
 struct rowv {
@@ -160,13 +162,33 @@ struct backup {
     int err;
     char errmsg[1024];
 
-    /* Store (under store_lock). */
+    /* Store (under store_lock).  Chunks go into the open pack; a full pack
+     * is sealed and handed to the committer thread, which makes it durable
+     * (fsync) and records it and the rows that waited for it, while the
+     * workers go on filling the next pack.  Until then a sealed pack's
+     * chunks stay findable for dedup. */
     pthread_mutex_t store_lock;
-    struct catalog *wcat;         /* writer handle */
-    struct pack_writer *pw;
-    int32_t pending_slot[PENDING_SLOTS];
-    struct rowv ready, pending_rows;
+    pthread_cond_t store_cond;
+    struct pslot *open;           /* the pack being filled, or NULL */
+    struct pslot *live;           /* every pack not yet recorded (open and sealed) */
+    struct pslot *sealed_head, *sealed_tail;
+    unsigned nsealed;
+    struct rowv ready;            /* rows whose chunk ids are known */
+    bool committer_stop;
+    bool committer_busy;
+    pthread_t committer;
+    bool committer_started;
+    struct catalog *wcat;         /* the committer's handle (main's after it stops) */
     uint64_t bytes_stored, chunks_new, chunks_reused;
+};
+
+/* A pack not yet recorded in the catalog, and the rows waiting for its
+ * chunk ids. */
+struct pslot {
+    struct pslot *next_live, *next_sealed;
+    struct pack_writer *pw;
+    int32_t *index;               /* PENDING_SLOTS: entry index or -1 */
+    struct rowv rows;
 };
 
 static void fail(struct backup *b, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -181,6 +203,10 @@ static void fail(struct backup *b, int err, const char *fmt, ...)
         va_end(ap);
     }
     pthread_mutex_unlock(&b->lock);
+    /* Wake whoever waits for the committer. */
+    pthread_mutex_lock(&b->store_lock);
+    pthread_cond_broadcast(&b->store_cond);
+    pthread_mutex_unlock(&b->store_lock);
 }
 
 static bool failed(struct backup *b)
@@ -200,13 +226,11 @@ static size_t slot_of(const uint8_t *hash)
     return (size_t)(h % PENDING_SLOTS);
 }
 
-static int32_t pending_find(struct backup *b, const uint8_t *hash)
+static int32_t slot_find(struct pslot *ps, const uint8_t *hash)
 {
-    if (!b->pw)
-        return -1;
-    const struct pack_entry *ent = pack_writer_entries(b->pw);
+    const struct pack_entry *ent = pack_writer_entries(ps->pw);
     for (size_t s = slot_of(hash);; s = (s + 1) % PENDING_SLOTS) {
-        int32_t i = b->pending_slot[s];
+        int32_t i = ps->index[s];
         if (i < 0)
             return -1;
         if (!memcmp(ent[i].hash, hash, PACK_HASH_LEN))
@@ -214,101 +238,213 @@ static int32_t pending_find(struct backup *b, const uint8_t *hash)
     }
 }
 
-static void pending_insert(struct backup *b, const uint8_t *hash, int32_t idx)
+/* A chunk stored by this backup but not yet recorded. */
+static struct pslot *pending_find(struct backup *b, const uint8_t *hash, int32_t *idx)
 {
-    size_t s = slot_of(hash);
-    while (b->pending_slot[s] >= 0)
-        s = (s + 1) % PENDING_SLOTS;
-    b->pending_slot[s] = idx;
+    for (struct pslot *ps = b->live; ps; ps = ps->next_live)
+        if ((*idx = slot_find(ps, hash)) >= 0)
+            return ps;
+    return NULL;
 }
 
-static int flush_ready(struct backup *b)
+static void pslot_free(struct pslot *ps)
 {
-    if (!b->ready.n)
+    if (!ps)
+        return;
+    pack_writer_free(ps->pw);
+    free(ps->index);
+    free(ps->rows.r);
+    free(ps);
+}
+
+static struct pslot *pslot_new(struct backup *b)
+{
+    struct pslot *ps = calloc(1, sizeof *ps);
+    if (!ps || !(ps->index = malloc(PENDING_SLOTS * sizeof *ps->index))) {
+        free(ps);
+        error_set(ENOMEM, "out of memory");
+        return NULL;
+    }
+    memset(ps->index, 0xff, PENDING_SLOTS * sizeof *ps->index);
+    if (!(ps->pw = pack_writer_open(b->repo->dir))) {
+        pslot_free(ps);
+        return NULL;
+    }
+    ps->next_live = b->live;
+    b->live = ps;
+    return ps;
+}
+
+/* The open pack goes to the committer (store_lock held). */
+static void seal_open(struct backup *b)
+{
+    struct pslot *ps = b->open;
+    if (!ps)
+        return;
+    b->open = NULL;
+    ps->next_sealed = NULL;
+    if (b->sealed_tail)
+        b->sealed_tail->next_sealed = ps;
+    else
+        b->sealed_head = ps;
+    b->sealed_tail = ps;
+    b->nsealed++;
+    pthread_cond_broadcast(&b->store_cond);
+}
+
+static int flush_rows(struct backup *b, struct rowv *v)
+{
+    if (!v->n)
         return 0;
-    struct catalog_run *runs = malloc(b->ready.n * sizeof *runs);
+    struct catalog_run *runs = malloc(v->n * sizeof *runs);
     if (!runs) {
         error_set(ENOMEM, "out of memory");
         return -1;
     }
-    for (size_t i = 0; i < b->ready.n; i++)
-        runs[i] = (struct catalog_run){ b->ready.r[i].cell, b->ready.r[i].count,
-                                        b->ready.r[i].chunk_id, 0 };
-    int r = catalog_cells_add(b->wcat, b->point, runs, b->ready.n);
+    for (size_t i = 0; i < v->n; i++)
+        runs[i] = (struct catalog_run){ v->r[i].cell, v->r[i].count, v->r[i].chunk_id, 0 };
+    int r = catalog_cells_add(b->wcat, b->point, runs, v->n);
     free(runs);
     if (r == 0)
-        b->ready.n = 0;
+        v->n = 0;
     return r;
 }
 
-/* The open pack is full (or the backup is ending): make it durable, record
- * it, then the rows that waited for it. */
-static int finish_pack(struct backup *b)
+/* Makes a sealed pack durable and records it, then the rows that waited
+ * for it (called without store_lock). */
+static int commit_pack(struct backup *b, struct pslot *ps)
 {
     char name[PACK_NAME_MAX];
     uint64_t psize;
+    size_t n = pack_writer_count(ps->pw);
+    struct catalog_chunk *ch = NULL;
+    int64_t *ids = NULL;
     int ret = -1;
 
-    if (!b->pw)
-        return 0;
-    size_t n = pack_writer_count(b->pw);
-    if (n == 0) {
-        pack_writer_free(b->pw);
-        b->pw = NULL;
-        return 0;
-    }
-    if (pack_writer_finish(b->pw, name, &psize) < 0)
-        return -1;
-    const struct pack_entry *ent = pack_writer_entries(b->pw);
-    struct catalog_chunk *ch = calloc(n, sizeof *ch);
-    int64_t *ids = calloc(n, sizeof *ids);
-    if (!ch || !ids) {
-        error_set(ENOMEM, "out of memory");
+    if (n && pack_writer_finish(ps->pw, name, &psize) < 0)
         goto out;
+    if (n) {
+        const struct pack_entry *ent = pack_writer_entries(ps->pw);
+        ch = calloc(n, sizeof *ch);
+        ids = calloc(n, sizeof *ids);
+        if (!ch || !ids) {
+            error_set(ENOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+            memcpy(ch[i].hash, ent[i].hash, PACK_HASH_LEN);
+            ch[i].offset = ent[i].offset;
+            ch[i].stored_len = ent[i].stored_len;
+            ch[i].plain_len = ent[i].plain_len;
+            ch[i].codec = ent[i].codec;
+            ch[i].crc = ent[i].crc;
+        }
+        if (catalog_pack_add(b->wcat, name, psize, ch, n, ids) < 0)
+            goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        memcpy(ch[i].hash, ent[i].hash, PACK_HASH_LEN);
-        ch[i].offset = ent[i].offset;
-        ch[i].stored_len = ent[i].stored_len;
-        ch[i].plain_len = ent[i].plain_len;
-        ch[i].codec = ent[i].codec;
-        ch[i].crc = ent[i].crc;
+    ret = 0;
+out:
+    /* Whatever happened, the pack leaves the live list; its rows become
+     * ready (with their ids) on success. */
+    pthread_mutex_lock(&b->store_lock);
+    for (struct pslot **pp = &b->live; *pp; pp = &(*pp)->next_live) {
+        if (*pp == ps) {
+            *pp = ps->next_live;
+            break;
+        }
     }
-    if (catalog_pack_add(b->wcat, name, psize, ch, n, ids) < 0)
-        goto out;
-    for (size_t i = 0; i < b->pending_rows.n; i++) {
-        struct row r = b->pending_rows.r[i];
+    for (size_t i = 0; ret == 0 && i < ps->rows.n; i++) {
+        struct row r = ps->rows.r[i];
         r.chunk_id = ids[r.pending];
         r.pending = -1;
         if (rowv_push(&b->ready, r) < 0)
-            goto out;
+            ret = -1;
     }
-    b->pending_rows.n = 0;
-    if (flush_ready(b) < 0)
-        goto out;
-    ret = 0;
-out:
+    pthread_cond_broadcast(&b->store_cond);
+    pthread_mutex_unlock(&b->store_lock);
     free(ch);
     free(ids);
-    pack_writer_free(b->pw);
-    b->pw = NULL;
-    memset(b->pending_slot, 0xff, sizeof b->pending_slot);
+    pslot_free(ps);
     return ret;
 }
 
-static int add_row_locked(struct backup *b, struct row r)
+static void *committer_main(void *opaque)
 {
-    if (r.pending >= 0)
-        return rowv_push(&b->pending_rows, r);
+    struct backup *b = opaque;
+
+    pthread_mutex_lock(&b->store_lock);
+    for (;;) {
+        while (!b->sealed_head && b->ready.n < ROW_FLUSH && !b->committer_stop)
+            pthread_cond_wait(&b->store_cond, &b->store_lock);
+        if (b->sealed_head) {
+            struct pslot *ps = b->sealed_head;
+            b->sealed_head = ps->next_sealed;
+            if (!b->sealed_head)
+                b->sealed_tail = NULL;
+            b->nsealed--;
+            b->committer_busy = true;
+            pthread_mutex_unlock(&b->store_lock);
+            if (failed(b)) {
+                /* The backup failed: the pack is never recorded. */
+                pthread_mutex_lock(&b->store_lock);
+                for (struct pslot **pp = &b->live; *pp; pp = &(*pp)->next_live)
+                    if (*pp == ps) {
+                        *pp = ps->next_live;
+                        break;
+                    }
+                pthread_mutex_unlock(&b->store_lock);
+                pslot_free(ps);
+            } else if (commit_pack(b, ps) < 0) {
+                fail(b, error_errno(), "%s", error_msg());
+            }
+            pthread_mutex_lock(&b->store_lock);
+            b->committer_busy = false;
+            pthread_cond_broadcast(&b->store_cond);
+            continue;
+        }
+        if (b->ready.n >= ROW_FLUSH || (b->committer_stop && b->ready.n)) {
+            struct rowv v = b->ready;
+            b->ready = (struct rowv){ 0 };
+            b->committer_busy = true;
+            pthread_mutex_unlock(&b->store_lock);
+            if (!failed(b) && flush_rows(b, &v) < 0)
+                fail(b, error_errno(), "%s", error_msg());
+            free(v.r);
+            pthread_mutex_lock(&b->store_lock);
+            b->committer_busy = false;
+            pthread_cond_broadcast(&b->store_cond);
+            continue;
+        }
+        if (b->committer_stop)
+            break;
+    }
+    pthread_mutex_unlock(&b->store_lock);
+    return NULL;
+}
+
+/* Keeps memory bounded when the committer falls behind (store_lock held). */
+static void wait_committer(struct backup *b)
+{
+    while ((b->nsealed >= 3 || b->ready.n >= 4 * ROW_FLUSH) && !b->committer_stop && !b->err)
+        pthread_cond_wait(&b->store_cond, &b->store_lock);
+}
+
+static int add_row_locked(struct backup *b, struct pslot *ps, struct row r)
+{
+    if (ps)
+        return rowv_push(&ps->rows, r);
     if (rowv_push(&b->ready, r) < 0)
         return -1;
-    return b->ready.n >= ROW_FLUSH ? flush_ready(b) : 0;
+    if (b->ready.n >= ROW_FLUSH)
+        pthread_cond_broadcast(&b->store_cond);
+    return 0;
 }
 
 static int add_row(struct backup *b, struct row r)
 {
     pthread_mutex_lock(&b->store_lock);
-    int ret = add_row_locked(b, r);
+    wait_committer(b);
+    int ret = add_row_locked(b, NULL, r);
     pthread_mutex_unlock(&b->store_lock);
     return ret;
 }
@@ -381,11 +517,12 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
         return add_row(b, (struct row){ cell, 1, 0, -1 });
 
     chunk_hash(data, len, hash);
+    int32_t p;
     pthread_mutex_lock(&b->store_lock);
-    int32_t p = pending_find(b, hash);
-    if (p >= 0) {
+    struct pslot *ps = pending_find(b, hash, &p);
+    if (ps) {
         b->chunks_reused++;
-        int r = add_row_locked(b, (struct row){ cell, 1, 0, p });
+        int r = add_row_locked(b, ps, (struct row){ cell, 1, 0, p });
         pthread_mutex_unlock(&b->store_lock);
         return r;
     }
@@ -397,7 +534,7 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
     if (f > 0) {
         pthread_mutex_lock(&b->store_lock);
         b->chunks_reused++;
-        int r = add_row_locked(b, (struct row){ cell, 1, found.id, -1 });
+        int r = add_row_locked(b, NULL, (struct row){ cell, 1, found.id, -1 });
         pthread_mutex_unlock(&b->store_lock);
         return r;
     }
@@ -412,28 +549,32 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
 
     pthread_mutex_lock(&b->store_lock);
     int ret = 0;
-    p = pending_find(b, hash); /* another worker may have stored it meanwhile */
-    if (p >= 0) {
+    wait_committer(b);
+    if ((ps = pending_find(b, hash, &p))) { /* another worker stored it meanwhile */
         b->chunks_reused++;
-        ret = add_row_locked(b, (struct row){ cell, 1, 0, p });
+        ret = add_row_locked(b, ps, (struct row){ cell, 1, 0, p });
         goto out;
     }
-    if (!b->pw && !(b->pw = pack_writer_open(b->repo->dir))) {
+    if (!b->open && !(b->open = pslot_new(b))) {
         ret = -1;
         goto out;
     }
-    if (pack_writer_add(b->pw, &e, w->out) < 0) {
+    ps = b->open;
+    if (pack_writer_add(ps->pw, &e, w->out) < 0) {
         ret = -1;
         goto out;
     }
-    p = (int32_t)(pack_writer_count(b->pw) - 1);
-    pending_insert(b, hash, p);
+    p = (int32_t)(pack_writer_count(ps->pw) - 1);
+    size_t sl = slot_of(hash);
+    while (ps->index[sl] >= 0)
+        sl = (sl + 1) % PENDING_SLOTS;
+    ps->index[sl] = p;
     b->chunks_new++;
     b->bytes_stored += stored;
-    ret = add_row_locked(b, (struct row){ cell, 1, 0, p });
-    if (ret == 0 && (pack_writer_size(b->pw) >= PACK_TARGET_SIZE ||
-                     pack_writer_count(b->pw) >= PACK_MAX_ENTRIES))
-        ret = finish_pack(b);
+    ret = add_row_locked(b, ps, (struct row){ cell, 1, 0, p });
+    if (ret == 0 && (pack_writer_size(ps->pw) >= PACK_TARGET_SIZE ||
+                     pack_writer_count(ps->pw) >= PACK_MAX_ENTRIES))
+        seal_open(b);
 out:
     pthread_mutex_unlock(&b->store_lock);
     return ret;
@@ -813,7 +954,7 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
     pthread_mutex_init(&b->lock, NULL);
     pthread_mutex_init(&b->store_lock, NULL);
     pthread_cond_init(&b->work_cond, NULL);
-    memset(b->pending_slot, 0xff, sizeof b->pending_slot);
+    pthread_cond_init(&b->store_cond, NULL);
 
     if (b->level < 1 || b->level > ZSTD_maxCLevel()) {
         error_set(EINVAL, "compression level %d is outside 1..%d", b->level, ZSTD_maxCLevel());
@@ -915,6 +1056,11 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
         }
     }
 
+    if (pthread_create(&b->committer, NULL, committer_main, b) != 0) {
+        error_set(EAGAIN, "cannot start the committer thread");
+        goto stop;
+    }
+    b->committer_started = true;
     if (count_planned(b) < 0)
         goto stop;
     agent_progress_report(&b->progress, 0, b->planned, 1);
@@ -935,6 +1081,15 @@ stop:
         free(w->out);
         free(w->parent);
     }
+    /* The last pack and the last rows go through the committer too. */
+    pthread_mutex_lock(&b->store_lock);
+    seal_open(b);
+    b->committer_stop = true;
+    pthread_cond_broadcast(&b->store_cond);
+    pthread_mutex_unlock(&b->store_lock);
+    if (b->committer_started)
+        pthread_join(b->committer, NULL);
+    b->committer_started = false;
     if (b->err) {
         error_set(b->err, "%s", b->errmsg);
         goto abort;
@@ -943,9 +1098,9 @@ stop:
         goto abort;
     agent_progress_report(&b->progress, b->read_bytes, b->planned, 1);
 
-    /* Everything read and processed: the last pack, the last rows, then the
-     * one transaction that makes the point visible. */
-    if (finish_pack(b) < 0 || flush_ready(b) < 0)
+    /* Everything read, processed and recorded: the one transaction that
+     * makes the point visible. */
+    if (flush_rows(b, &b->ready) < 0)
         goto abort;
     np.id = b->point;
     np.finished = agent_now();
@@ -976,14 +1131,16 @@ abort:;
     int err = error_errno();
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", error_msg());
-    pack_writer_free(b->pw);
-    b->pw = NULL;
+    while (b->live) {
+        struct pslot *ps = b->live;
+        b->live = ps->next_live;
+        pslot_free(ps);
+    }
+    b->open = NULL;
     if (b->point > 0)
         catalog_point_abort(r->cat, b->point);
     error_set(err, "%s", msg);
 out:
-    if (ret < 0 && b->pw)
-        pack_writer_free(b->pw);
     catalog_map_close(b->pmap);
     catalog_close(b->wcat);
     if (locked) {
@@ -1002,11 +1159,11 @@ out:
     if (b->efd >= 0)
         close(b->efd);
     free(b->ready.r);
-    free(b->pending_rows.r);
     free(ctxname);
     pthread_mutex_destroy(&b->lock);
     pthread_mutex_destroy(&b->store_lock);
     pthread_cond_destroy(&b->work_cond);
+    pthread_cond_destroy(&b->store_cond);
     free(b);
     return ret;
 }

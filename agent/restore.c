@@ -473,7 +473,7 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
         goto stop;
     agent_progress_report(&rs.progress, 0, rs.size, 1);
     struct catalog_run run;
-    int m;
+    int m = 0;
     while (!rfailed(&rs) && (m = catalog_map_next(map, &run)) > 0) {
         uint64_t off = run.first_cell * rs.chunk;
         uint64_t end = (run.first_cell + run.count) * rs.chunk;

@@ -39,7 +39,7 @@ make_disk() {   # make_disk FILE SIZE
     log "bench: building $img ($((size / GiB)) GiB)"
     rm -f "$tmp"
     qemu-img create -q -f qcow2 "$tmp" "$size"
-    (cd / && tar cf - --exclude=usr/lib/debug usr 2>/dev/null) | head -c $((1536 * MiB)) > "$work/files.tar"
+    (cd / && tar cf - --exclude=usr/lib/debug usr 2>/dev/null || true) | head -c $((1536 * MiB)) > "$work/files.tar"
     qemu-io -f qcow2 -c "write -s $work/files.tar 0 $(stat -c %s "$work/files.tar")" "$tmp" >/dev/null
     head -c $((512 * MiB)) /dev/urandom > "$work/random.bin"
     qemu-io -f qcow2 -c "write -s $work/random.bin $((2 * GiB)) $((512 * MiB))" "$tmp" >/dev/null
