@@ -166,16 +166,17 @@ int chunk_compress(void *cctx, int level, const void *in, size_t len, void *out,
     return 0;
 }
 
-int chunk_decode(void *dctx, uint8_t codec, const void *stored, size_t stored_len, uint32_t crc,
-                 void *out, size_t plain_len, const uint8_t hash[PACK_HASH_LEN])
+static int decode(void *dctx, uint8_t codec, const void *stored, size_t stored_len, uint32_t crc,
+                  void *out, size_t plain_len, const uint8_t hash[PACK_HASH_LEN], bool check_id)
 {
-    char hex[65];
+    char hex[65] = "";
     uint8_t got[PACK_HASH_LEN];
     uint32_t c;
     size_t r;
 
-    chunk_hash_hex(hash, hex);
     c = chunk_crc(stored, stored_len);
+    if (c != crc || codec > CHUNK_CODEC_ZSTD || (codec == CHUNK_CODEC_RAW && stored_len != plain_len))
+        chunk_hash_hex(hash, hex);
     if (c != crc) {
         error_set(EIO, "chunk %s: CRC mismatch (stored bytes have 0x%08x, expected 0x%08x)",
                   hex, c, crc);
@@ -192,6 +193,8 @@ int chunk_decode(void *dctx, uint8_t codec, const void *stored, size_t stored_le
         break;
     case CHUNK_CODEC_ZSTD:
         r = ZSTD_decompressDCtx(dctx, out, plain_len, stored, stored_len);
+        if (ZSTD_isError(r) || r != plain_len)
+            chunk_hash_hex(hash, hex);
         if (ZSTD_isError(r)) {
             error_set(EIO, "chunk %s: does not decompress to %zu bytes: zstd: %s", hex,
                       plain_len, ZSTD_getErrorName(r));
@@ -207,12 +210,21 @@ int chunk_decode(void *dctx, uint8_t codec, const void *stored, size_t stored_le
         error_set(EIO, "chunk %s: unknown codec %u", hex, codec);
         return -1;
     }
+    if (!check_id)
+        return 0;
     chunk_hash(out, plain_len, got);
     if (memcmp(got, hash, PACK_HASH_LEN) != 0) {
+        chunk_hash_hex(hash, hex);
         error_set(EIO, "chunk %s: content does not match its id", hex);
         return -1;
     }
     return 0;
+}
+
+int chunk_decode(void *dctx, uint8_t codec, const void *stored, size_t stored_len, uint32_t crc,
+                 void *out, size_t plain_len, const uint8_t hash[PACK_HASH_LEN])
+{
+    return decode(dctx, codec, stored, stored_len, crc, out, plain_len, hash, true);
 }
 
 /* ---- Entry headers and index records ------------------------------------ */
@@ -668,6 +680,7 @@ struct reader_slot {
 };
 
 struct pack_reader {
+    bool skip_ids;                /* pack_reader_check_ids(false) */
     char packs_dir[PATH_MAX];
     ZSTD_DCtx *dctx;
     struct reader_slot slots[READER_FDS];
@@ -675,6 +688,11 @@ struct pack_reader {
     uint8_t *buf;
     size_t cap;
 };
+
+void pack_reader_check_ids(struct pack_reader *r, bool on)
+{
+    r->skip_ids = !on;
+}
 
 struct pack_reader *pack_reader_open(const char *repo_dir)
 {
@@ -808,8 +826,8 @@ int pack_reader_get(struct pack_reader *r, const char *pack_name, const struct p
                   pack_name, hex, (unsigned long long)e->offset);
         return -1;
     }
-    if (chunk_decode(r->dctx, e->codec, r->buf + ENTRY_HDR_LEN, e->stored_len, e->crc, out,
-                     e->plain_len, e->hash) < 0) {
+    if (decode(r->dctx, e->codec, r->buf + ENTRY_HDR_LEN, e->stored_len, e->crc, out,
+               e->plain_len, e->hash, !r->skip_ids) < 0) {
         error_prefix("pack %s: ", pack_name);
         return -1;
     }

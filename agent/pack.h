@@ -76,6 +76,11 @@ void pack_writer_free(struct pack_writer *w);
 struct pack_reader;
 struct pack_reader *pack_reader_open(const char *repo_dir);
 void pack_reader_close(struct pack_reader *r);
+/* Whether pack_reader_get checks each chunk's id (SHA-256 of the
+ * plaintext) besides its CRC and framing: on by default (restore, verify,
+ * backup); serve turns it off for speed, its reads still checked by the
+ * CRC of the stored bytes and zstd's own framing. */
+void pack_reader_check_ids(struct pack_reader *r, bool on);
 /* Reads and checks one chunk (CRC and id) into out[e->plain_len]. */
 int pack_reader_get(struct pack_reader *r, const char *pack_name, const struct pack_entry *e,
                     void *out);
