@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -175,15 +176,60 @@ struct nbd_conn *nbd_connect_uri(const char *uri, const struct nbd_conn_opts *op
     return c;
 }
 
+/* Milliseconds of a monotonic clock. */
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits for the requests in flight to be answered, for as long as the
+ * server makes progress (an answer, or bytes of one): a server that stays
+ * silent for CLOSE_WAIT_MS is given up on, and its requests fail. */
+#define CLOSE_WAIT_MS 5000
+
+static void close_drain(struct nbd_conn *c)
+{
+    int64_t deadline = mono_ms() + CLOSE_WAIT_MS;
+    unsigned ops = c->ops_in_flight;
+    uint64_t rx_left = c->rx_left;
+    size_t ipos = c->ipos, ilen = c->ilen;
+
+    while (!c->dead && c->ops_in_flight) {
+        int64_t left = deadline - mono_ms();
+
+        if (left <= 0) {
+            nbd_conn_kill(c, ETIMEDOUT, "close: %u request%s unanswered, the server silent "
+                          "for %d s", c->ops_in_flight, c->ops_in_flight == 1 ? "" : "s",
+                          CLOSE_WAIT_MS / 1000);
+            return;
+        }
+        if (nbd_poll(c, (int)left) < 0)
+            return;
+        if (c->ops_in_flight != ops || c->rx_left != rx_left || c->ipos != ipos || c->ilen != ilen) {
+            deadline = mono_ms() + CLOSE_WAIT_MS;
+            ops = c->ops_in_flight;
+            rx_left = c->rx_left;
+            ipos = c->ipos;
+            ilen = c->ilen;
+        }
+    }
+}
+
 void nbd_close(struct nbd_conn *c)
 {
     if (!c)
         return;
+    /* A destructor: the caller's last error survives it. */
+    int err = error_errno();
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", error_msg());
+
     if (c->in_transmission && c->sock && !c->dead) {
         /* Finish what is in flight, then DISC and half-close. */
-        while (!c->dead && c->ops_in_flight)
-            if (nbd_poll(c, 5000) < 0)
-                break;
+        close_drain(c);
         if (!c->dead) {
             uint8_t hdr[32];
             size_t n = nbd_encode_request(hdr, c->extended, 0, NBD_CMD_DISC, c->next_cookie++, 0, 0);
@@ -202,6 +248,7 @@ void nbd_close(struct nbd_conn *c)
         nbd_handshake_abort(c);
     }
     conn_free(c);
+    error_set(err, "%s", err || strcmp(msg, "no error") ? msg : "");
 }
 
 /* ---- Getters ---------------------------------------------------------------- */
