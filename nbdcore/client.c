@@ -943,9 +943,16 @@ static void request_error(struct request *r, uint32_t wire, const char *msg, siz
         clean[j++] = (msg[i] >= 0x20 && msg[i] < 0x7f) ? msg[i] : '?';
     clean[j] = 0;
     r->err = nbd_errno_from_wire(wire);
-    snprintf(r->errmsg, sizeof r->errmsg, "server failed %s 0x%llx+%llu: %s%s%s%s",
+    /* "Input/output error (NBD_EIO)", then the server's own words if any. */
+    const char *name = nbd_err_name(wire);
+    char unknown[40];
+    if (!strncmp(name, "unknown", 7)) {
+        snprintf(unknown, sizeof unknown, "unknown NBD error %u", wire);
+        name = unknown;
+    }
+    snprintf(r->errmsg, sizeof r->errmsg, "server failed %s 0x%llx+%llu: %s (%s)%s%s",
              nbd_cmd_name(r->type), (unsigned long long)r->offset, (unsigned long long)r->count,
-             nbd_err_name(wire), j ? " (" : "", clean, j ? ")" : "");
+             strerror(r->err), name, j ? ": " : "", clean);
 }
 
 static int finish_chunk(struct nbd_conn *c)

@@ -69,7 +69,9 @@ cmp piece <(tail -c +$((off + 1)) sr.nbdcopy | head -c 100000) || fail "pread at
 # ---- the error filter: every read fails with EIO --------------------------
 start_nbdkit err.sock --filter=error sparse-random size=64M seed=3 error-pread-rate=100% error=EIO
 err="nbd+unix:///?socket=$testdir/err.sock"
-expect_fail 1 'EIO|Input/output error' $NBDCORE_TOOL pread "$err" 0 4096
+# The errno's text first, the NBD name in parentheses.
+expect_fail 1 'server failed NBD_CMD_READ 0x0\+4096: Input/output error \(NBD_EIO\)' \
+    $NBDCORE_TOOL pread "$err" 0 4096
 [ ! -s expect.out ] || fail "a failed pread wrote data"
 expect_fail 1 'EIO|Input/output error' $NBDCORE_TOOL download "$err" err.pool 4
 [ ! -e err.pool ] || fail "a failed download left an output file"
@@ -80,7 +82,8 @@ diff -u err.nbdinfo err.nbdvault || fail "map through the error filter differs"
 
 # ... and with failing block status, map fails.
 start_nbdkit errx.sock --filter=error memory 64M error-extents-rate=100% error=EIO
-expect_fail 1 'EIO|Input/output error' $NBDVAULT map "nbd+unix:///?socket=$testdir/errx.sock"
+expect_fail 1 'NBD_CMD_BLOCK_STATUS 0x0\+[0-9]+: Input/output error \(NBD_EIO\)' \
+    $NBDVAULT map "nbd+unix:///?socket=$testdir/errx.sock"
 [ ! -s expect.out ] || fail "a failed map printed extents: $(cat expect.out)"
 
 # ---- the delay filter: slow replies, same bytes --------------------------
