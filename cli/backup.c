@@ -40,7 +40,9 @@ int cli_init(int argc, char **argv)
         case 'c': chunk = optarg; break;
         case 'C': config = optarg; break;
         case 'h': fputs(init_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("init", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s init --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc)
@@ -134,7 +136,9 @@ int cli_backup(int argc, char **argv)
         case 'C': config = optarg; break;
         case 'j': json = true; break;
         case 'h': fputs(backup_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("backup", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s backup --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc - 1)

@@ -254,7 +254,9 @@ int cli_info(int argc, char **argv)
         case 'L': list = true; break;
         case 'j': json = true; break;
         case 'h': fputs(info_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("info", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s info --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc - 1)

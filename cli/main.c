@@ -54,8 +54,14 @@ int main(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (!strcmp(argv[1], commands[i].name))
+        if (!strcmp(argv[1], commands[i].name)) {
+            /* getopt starts its messages with argv[0]: "nbdvault info:
+             * unrecognized option '--x'", as our own messages start. */
+            char prog[64];
+            snprintf(prog, sizeof prog, "%s %s", cli_progname, commands[i].name);
+            argv[1] = prog;
             return commands[i].run(argc - 1, argv + 1);
+        }
     fprintf(stderr, "nbdvault: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return CLI_EXIT_USAGE;

@@ -86,7 +86,9 @@ int cli_verify(int argc, char **argv)
         case 'C': config = optarg; break;
         case 'j': v.json = true; break;
         case 'h': fputs(verify_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("verify", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s verify --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc)
@@ -225,7 +227,9 @@ int cli_prune(int argc, char **argv)
         case 'C': config = optarg; break;
         case 'j': p.json = true; break;
         case 'h': fputs(prune_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("prune", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s prune --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc)
@@ -302,7 +306,9 @@ int cli_gc(int argc, char **argv)
         case 'C': config = optarg; break;
         case 'j': json = true; break;
         case 'h': fputs(gc_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("gc", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s gc --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc)
@@ -400,7 +406,9 @@ int cli_serve(int argc, char **argv)
             break;
         case 'C': config = optarg; break;
         case 'h': fputs(serve_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("serve", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s serve --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc)

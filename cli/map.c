@@ -121,7 +121,9 @@ int cli_map(int argc, char **argv)
         case 't': m.totals = true; break;
         case 'j': m.json = true; break;
         case 'h': fputs(map_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("map", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s map --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc - 1)

@@ -104,7 +104,9 @@ int cli_list(int argc, char **argv)
         case 'C': config = optarg; break;
         case 'j': l.json = true; break;
         case 'h': fputs(list_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("list", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s list --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc)
@@ -182,7 +184,9 @@ int cli_restore(int argc, char **argv)
         case 'C': config = optarg; break;
         case 'j': json = true; break;
         case 'h': fputs(restore_help, stdout); return CLI_EXIT_OK;
-        default: return cli_usage_error("restore", "bad option");
+        default: /* getopt said what is wrong */
+            fprintf(stderr, "Try '%s restore --help'.\n", cli_progname);
+            return CLI_EXIT_USAGE;
         }
     }
     if (optind != argc)

@@ -31,6 +31,15 @@ expect_fail 2 "unknown command 'frobnicate'" $NBDVAULT frobnicate
 expect_fail 2 'bad option|unrecognized' $NBDVAULT info --frobnicate 'nbd+unix:///?socket=/x'
 expect_fail 2 'bad option|unrecognized' $NBDVAULT map --frobnicate 'nbd+unix:///?socket=/x'
 expect_fail 2 'requires an argument|bad option' $NBDVAULT map --context
+# getopt's own messages name the command as ours do, then the usual hint.
+expect_fail 2 "^nbdvault info: unrecognized option '--frobnicate'\$" $NBDVAULT info --frobnicate
+grep -qx "Try 'nbdvault info --help'." expect.err || fail "no hint after an unrecognized option"
+expect_fail 2 "^nbdvault map: option '--context' requires an argument\$" $NBDVAULT map --context
+expect_fail 2 "^nbdvault backup: invalid option -- 'Z'\$" $NBDVAULT backup -Z
+for c in $commands; do
+    expect_fail 2 "^nbdvault $c: unrecognized option '--no-such-option'\$" $NBDVAULT "$c" --no-such-option
+    [ "$(wc -l < expect.err)" = 2 ] || fail "nbdvault $c --no-such-option: not two lines: $(cat expect.err)"
+done
 expect_fail 2 'expected one NBD URI' $NBDVAULT info
 expect_fail 2 'expected one NBD URI' $NBDVAULT map
 expect_fail 2 'expected one NBD URI' $NBDVAULT map --totals --json
