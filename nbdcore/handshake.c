@@ -270,6 +270,31 @@ static int do_starttls(struct nbd_conn *c, bool required)
     return 0;
 }
 
+/* The first option after STARTTLS failed: when the server closed or reset
+ * the connection right after the TLS handshake, the likely reason is that
+ * it verifies its clients (with TLS 1.3 the client's certificate is only
+ * checked after the client's side of the handshake is over). */
+static void tls_closed_hint(struct nbd_conn *c)
+{
+    const char *dir = c->uri.tls_certificates;
+    int err = nbd_get_errno();
+    char msg[1024], cert[4096], key[4096];
+
+    if ((err != ECONNRESET && err != EPIPE) || c->uri.tls_psk_file)
+        return;
+    snprintf(msg, sizeof msg, "%s", nbd_get_error());
+    snprintf(cert, sizeof cert, "%s/client-cert.pem", dir ? dir : "");
+    snprintf(key, sizeof key, "%s/client-key.pem", dir ? dir : "");
+    /* The client sends a certificate when it has both files (sock.c). */
+    if (dir && access(cert, F_OK) == 0 && access(key, F_OK) == 0)
+        nbd_set_error(err, "%s: the server closed the TLS session: did it reject our client "
+                      "certificate %s?", msg, cert);
+    else
+        nbd_set_error(err, "%s: the server closed the TLS session: does it require a client "
+                      "certificate (client-cert.pem / client-key.pem in the tls-certificates "
+                      "directory)?", msg);
+}
+
 int nbd_handshake_start(struct nbd_conn *c)
 {
     uint8_t greet[NBD_OLDSTYLE_GREETING_LEN];
@@ -343,17 +368,26 @@ int nbd_handshake_start(struct nbd_conn *c)
     if (tls != NBD_TLS_OFF && do_starttls(c, tls == NBD_TLS_REQUIRE) < 0)
         return -1;
 
+    /* Whether the next option is the first one inside the TLS session. */
+    bool first_in_tls = c->tls;
     if (!c->opts.no_structured_replies && !c->opts.no_extended_headers) {
         int64_t r = simple_opt(c, NBD_OPT_EXTENDED_HEADERS, NULL, 0);
-        if (r < 0)
+        if (r < 0) {
+            if (first_in_tls)
+                tls_closed_hint(c);
             return -1;
+        }
+        first_in_tls = false;
         if (r == 0)
             c->extended = c->structured = true;
     }
     if (!c->structured && !c->opts.no_structured_replies) {
         int64_t r = simple_opt(c, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
-        if (r < 0)
+        if (r < 0) {
+            if (first_in_tls)
+                tls_closed_hint(c);
             return -1;
+        }
         c->structured = r == 0;
     }
     return 0;

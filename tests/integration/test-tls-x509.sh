@@ -80,6 +80,20 @@ run $NBDVAULT info --json "nbds://localhost:$port2/?tls-certificates=$testdir/x/
 run $NBDVAULT map "nbds://localhost:$port2/?tls-certificates=$testdir/x/client" > map3.nbdvault
 cmp map.nbdvault map3.nbdvault || fail "map through the verifying server differs"
 expect_fail 1 'closed the connection|TLS' $NBDVAULT info "nbds://localhost:$port2/?tls-certificates=$testdir/x/ca-only"
+# ... and the message says what is likely missing.
+expect_fail 1 'the server closed the TLS session: does it require a client certificate \(client-cert\.pem / client-key\.pem in the tls-certificates directory\)\?' \
+    $NBDVAULT info "nbds://localhost:$port2/?tls-certificates=$testdir/x/ca-only"
+expect_fail 1 'does it require a client certificate' \
+    $NBDVAULT map "nbds://localhost:$port2/?tls-certificates=$testdir/x/ca-only"
+# A client certificate signed by a CA the server does not trust.
+mkdir stranger
+cp x/ca-cert.pem stranger/
+_certtool --generate-privkey --outfile stranger/client-key.pem
+_certtool --generate-certificate --load-privkey stranger/client-key.pem \
+    --load-ca-certificate x/other-ca/ca-cert.pem --load-ca-privkey x/other-ca-key.pem \
+    --template x/client.info --outfile stranger/client-cert.pem
+expect_fail 1 "the server closed the TLS session: did it reject our client certificate $testdir/stranger/client-cert\\.pem\\?" \
+    $NBDVAULT info "nbds://localhost:$port2/?tls-certificates=$testdir/stranger"
 
 # nbds:// against a plaintext server: STARTTLS refused, no fallback.
 port3=$(free_port)
