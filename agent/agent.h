@@ -144,6 +144,7 @@ struct agent_prune_opts {
     bool dry_run;
     /* Each point's fate: keep (with the reasons) or remove. */
     void (*decision)(void *opaque, int64_t point, double time, bool keep, const char *why);
+    agent_warn_fn warn;           /* a stale lock broken, ... */
     void *opaque;
 };
 

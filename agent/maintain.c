@@ -287,6 +287,8 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
         if (catalog_lock(r->cat, lockname, broken, sizeof broken) < 0)
             return -1;
         locked = true;
+        if (broken[0] && o->warn)
+            o->warn(o->opaque, broken);
     }
     if (agent_list(r, o->disk, collect_pinfo, &v) < 0)
         goto out;

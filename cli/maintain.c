@@ -190,6 +190,11 @@ static void on_decision(void *opaque, int64_t point, double t, bool keep, const 
     }
 }
 
+static void on_prune_warn(void *opaque, const char *msg)
+{
+    fprintf(stderr, "nbdvault prune: warning: %s\n", msg);
+}
+
 int cli_prune(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -243,6 +248,7 @@ int cli_prune(int argc, char **argv)
     if (!r)
         return CLI_EXIT_FAIL;
     o.decision = on_decision;
+    o.warn = on_prune_warn;
     o.opaque = &p;
     if (p.json)
         p.arr = json_object_new_array();

@@ -80,8 +80,10 @@ struct nbd_conn_opts {
 struct nbd_conn *nbd_connect_uri(const char *uri, const struct nbd_conn_opts *opts);
 struct nbd_conn *nbd_connect(const struct nbd_uri *uri, const struct nbd_conn_opts *opts);
 
-/* Orderly close: waits for in-flight requests, sends DISC (or ABORT during
- * negotiation), half-closes, frees.  Accepts NULL. */
+/* Orderly close: waits for in-flight requests (giving up after 5 s without
+ * progress: they then fail with ETIMEDOUT), sends DISC (or ABORT during
+ * negotiation), half-closes, frees.  Keeps the caller's last error.
+ * Accepts NULL. */
 void nbd_close(struct nbd_conn *c);
 
 /* Negotiation mode (opts.opt_mode). */
