@@ -727,6 +727,8 @@ int nbd_opt_go(struct nbd_conn *c)
     char msg[256];
     int64_t r;
 
+    if (c->in_transmission && !strcmp(c->protocol, "oldstyle"))
+        return 0; /* an oldstyle server has nothing to negotiate */
     if (c->in_transmission || c->negotiation_over) {
         nbd_set_error(EINVAL, "NBD_OPT_GO: the negotiation is over");
         return -1;
