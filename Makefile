@@ -95,6 +95,13 @@ $(NBDCORE_TOOL): $(BUILD)/tests/tools/nbdcore-tool.o $(NBDCORE_LIB)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# A deliberately misbehaving NBD client for the tests of `nbdvault serve`
+# (it shares no code with nbdcore).
+HOSTILE_CLIENT := $(BUILD)/tests/hostile-client
+$(HOSTILE_CLIENT): $(BUILD)/tests/tools/hostile-client.o
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^
+
 # Fuzz harnesses: replayed over their corpus by a plain driver in `make
 # check`; built with libFuzzer by `make fuzz`.
 $(BUILD)/tests/fuzz/%-replay: $(BUILD)/tests/fuzz/%.o $(BUILD)/tests/fuzz/replay-main.o $(NBDCORE_LIB)
@@ -123,7 +130,7 @@ deps:
 	@scripts/install-deps.sh --check || scripts/install-deps.sh
 
 check: deps
-	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FUZZ_REPLAY) $(NBDCORE_TOOL)
+	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FUZZ_REPLAY) $(NBDCORE_TOOL) $(HOSTILE_CLIENT)
 	$(Q)$(MAKE) --no-print-directory unit-check fuzz-replay integration-check
 
 unit-check: $(UNIT_BINS)
@@ -135,8 +142,9 @@ fuzz-replay: $(FUZZ_REPLAY)
 	    $$f tests/fuzz/corpus/$$n; \
 	done
 
-integration-check: nbdvault $(NBDCORE_TOOL)
-	@NBDVAULT=$(abspath $(NBDVAULT)) NBDCORE_TOOL=$(abspath $(NBDCORE_TOOL)) tests/integration/run.sh $(TESTS)
+integration-check: nbdvault $(NBDCORE_TOOL) $(HOSTILE_CLIENT)
+	@NBDVAULT=$(abspath $(NBDVAULT)) NBDCORE_TOOL=$(abspath $(NBDCORE_TOOL)) \
+	    HOSTILE_CLIENT=$(abspath $(HOSTILE_CLIENT)) tests/integration/run.sh $(TESTS)
 
 demo: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/demo.sh

@@ -207,8 +207,14 @@ static int load_chunk(struct served *sp, int64_t id, uint32_t len, uint8_t *out)
 
     if (cache_get(&sp->sc->cache, id, out, len))
         return 0;
-    if (catalog_chunk_get(sp->cat, id, &ch) < 0)
+    /* 0: no such chunk (gc removed it after its point was pruned while
+     * served); ch is then not filled, and must not be read. */
+    int f = catalog_chunk_get(sp->cat, id, &ch);
+    if (f <= 0) {
+        if (f == 0)
+            error_set(EIO, "chunk %lld is gone (its point was pruned while served)", (long long)id);
         return -1;
+    }
     if (ch.plain_len != len) {
         error_set(EIO, "chunk %lld holds %u bytes where the cell has %u", (long long)id,
                   ch.plain_len, len);

@@ -53,10 +53,15 @@ struct sconn {
     /* The export in transmission. */
     struct nbd_server_export exp;
     bool have_exp;
-    /* The last SET_META_CONTEXT: for which export, which contexts. */
+    /* The last SET_META_CONTEXT: for which export, which contexts.  The
+     * export is opened again by GO, and its list of contexts may have
+     * changed meanwhile (a point pruned or added): the selection is kept
+     * by name and mapped onto the export GO opened. */
     char *meta_export;
     size_t nsel;
-    size_t sel[MAX_SELECTED];     /* context indices; the wire id is index + 1 */
+    size_t sel[MAX_SELECTED];     /* context indices in exp (after GO) */
+    uint32_t sel_id[MAX_SELECTED]; /* the ids the client was given */
+    char *sel_name[MAX_SELECTED];
     uint8_t *buf;
     size_t bufcap;
 };
@@ -118,12 +123,40 @@ static void close_export(struct sconn *c)
     c->have_exp = false;
 }
 
+static void clear_selection(struct sconn *c)
+{
+    for (size_t k = 0; k < c->nsel; k++)
+        free(c->sel_name[k]);
+    c->nsel = 0;
+}
+
 static void forget_state(struct sconn *c)
 {
     c->structured = c->extended = false;
     free(c->meta_export);
     c->meta_export = NULL;
-    c->nsel = 0;
+    clear_selection(c);
+}
+
+/* Maps the selection onto the export GO opened: a context it no longer
+ * offers is dropped (never answered for with another one's extents). */
+static void map_selection(struct sconn *c, const struct nbd_server_export *e)
+{
+    size_t m = 0;
+    for (size_t k = 0; k < c->nsel; k++) {
+        size_t i;
+        for (i = 0; i < e->ncontexts && strcmp(e->contexts[i], c->sel_name[k]); i++)
+            ;
+        if (i == e->ncontexts) {
+            free(c->sel_name[k]);
+            continue;
+        }
+        c->sel[m] = i;
+        c->sel_id[m] = c->sel_id[k];
+        c->sel_name[m] = c->sel_name[k];
+        m++;
+    }
+    c->nsel = m;
 }
 
 /* Opens an export for a moment (INFO, LIST_META_CONTEXT). */
@@ -221,7 +254,9 @@ static int opt_info(struct sconn *c, uint32_t opt, const uint8_t *d, uint32_t le
     }
     /* GO: the export is ours until the end. */
     if (c->meta_export && strcmp(c->meta_export, name))
-        c->nsel = 0; /* contexts chosen for another export do not apply */
+        clear_selection(c); /* contexts chosen for another export do not apply */
+    else
+        map_selection(c, &e);
     c->exp = e;
     c->have_exp = true;
     *go = true;
@@ -246,7 +281,7 @@ static int opt_meta(struct sconn *c, uint32_t opt, const uint8_t *d, uint32_t le
     uint32_t qlen[MAX_QUERIES];
 
     if (!list)
-        c->nsel = 0; /* SET replaces the selection, even when it fails */
+        clear_selection(c); /* SET replaces the selection, even when it fails */
     if (!c->structured)
         return send_err(c, opt, NBD_REP_ERR_INVALID, "structured replies first");
     if (len < 8 || (namelen = nbd_get32(d)) > len - 8 || namelen > NBD_MAX_STRING)
@@ -294,16 +329,27 @@ static int opt_meta(struct sconn *c, uint32_t opt, const uint8_t *d, uint32_t le
         if (!list)
             sel[nsel++] = i;
     }
-    unpeek(&e);
-    if (r < 0)
+    if (r < 0) {
+        unpeek(&e);
         return -1;
+    }
     if (!list) {
         free(c->meta_export);
-        if (!(c->meta_export = strdup(name)))
+        if (!(c->meta_export = strdup(name))) {
+            unpeek(&e);
             return -1;
-        memcpy(c->sel, sel, nsel * sizeof *sel);
-        c->nsel = nsel;
+        }
+        for (size_t k = 0; k < nsel; k++) {
+            if (!(c->sel_name[k] = strdup(e.contexts[sel[k]]))) {
+                unpeek(&e);
+                return -1;
+            }
+            c->sel[k] = sel[k];
+            c->sel_id[k] = (uint32_t)(sel[k] + 1);
+            c->nsel = k + 1;
+        }
     }
+    unpeek(&e);
     return send_rep(c, opt, NBD_REP_ACK, NULL, 0);
 }
 
@@ -360,7 +406,7 @@ static int handle_option(struct sconn *c, uint32_t opt, const uint8_t *d, uint32
         nbd_put16(rep + 8, export_flags(c, &e));
         c->exp = e;
         c->have_exp = true;
-        c->nsel = 0;
+        clear_selection(c);
         if (nbd_sock_send_all(c->sock, rep, c->no_zeroes ? 10 : 134) < 0)
             return -1;
         return 1;
@@ -549,7 +595,7 @@ static int do_block_status(struct sconn *c, uint64_t cookie, uint16_t flags, uin
         for (size_t i = 8; i < plen; i += 4) {
             uint32_t id = nbd_get32(payload + i);
             size_t k;
-            for (k = 0; k < c->nsel && c->sel[k] + 1 != id; k++)
+            for (k = 0; k < c->nsel && c->sel_id[k] != id; k++)
                 ;
             if (k == c->nsel)
                 return send_error(c, cookie, off, EINVAL, "unknown context id");
@@ -599,7 +645,7 @@ static int do_block_status(struct sconn *c, uint64_t cookie, uint16_t flags, uin
         if (m == 0)
             return send_error(c, cookie, off, EIO, "block status failed");
         size_t pl;
-        nbd_put32(p, (uint32_t)(ctx + 1));
+        nbd_put32(p, c->sel_id[ids[j]]);
         if (c->extended) {
             nbd_put32(p + 4, (uint32_t)m);
             for (size_t i = 0; i < m; i++) {
@@ -671,11 +717,17 @@ static int transmission(struct sconn *c)
                 return -1;
             continue;
         }
+        /* Only WRITE and the BLOCK_STATUS filter carry a payload: any other
+         * is consumed and the request failed. */
+        if (plen && type != NBD_CMD_WRITE && type != NBD_CMD_BLOCK_STATUS) {
+            if (discard(c, plen) < 0 ||
+                send_error(c, cookie, off, EINVAL, "unexpected payload") < 0)
+                return -1;
+            continue;
+        }
         int r;
         switch (type) {
         case NBD_CMD_READ:
-            if (plen && discard(c, plen) < 0)
-                return -1;
             if (len == 0 || len > MAX_READ || off > c->exp.size || len > c->exp.size - off)
                 r = send_error(c, cookie, off, EINVAL, "bad read range");
             else
@@ -689,11 +741,10 @@ static int transmission(struct sconn *c)
             r = send_error(c, cookie, off, EPERM, "the export is read-only");
             break;
         case NBD_CMD_FLUSH:
-            r = plen && discard(c, plen) < 0 ? -1 : c->structured ? send_chunk(c, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, off, NULL, 0) : send_simple(c, cookie, 0);
+            r = c->structured ? send_chunk(c, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, off, NULL, 0)
+                              : send_simple(c, cookie, 0);
             break;
         case NBD_CMD_CACHE:
-            if (plen && discard(c, plen) < 0)
-                return -1;
             if (off > c->exp.size || len > c->exp.size - off)
                 r = send_error(c, cookie, off, EINVAL, "bad cache range");
             else
@@ -723,8 +774,6 @@ static int transmission(struct sconn *c)
             break;
         }
         default:
-            if (plen && discard(c, plen) < 0)
-                return -1;
             r = send_error(c, cookie, off, EINVAL, "unknown command");
             break;
         }
