@@ -61,7 +61,7 @@ all: nbdvault
 
 ifneq ($(SANITIZE),1)
 nbdvault: $(NBDVAULT)
-	$(Q)cp $< $@
+	$(Q)cp $< $@.tmp && mv -f $@.tmp $@
 else
 nbdvault: $(NBDVAULT)
 endif
