@@ -477,8 +477,12 @@ static bool all_zero(const uint8_t *p, size_t len)
 static int load_parent(struct worker *w, int64_t chunk_id, uint64_t len)
 {
     struct catalog_chunk ch;
-    if (catalog_chunk_get(w->cat, chunk_id, &ch) < 0)
+    int f = catalog_chunk_get(w->cat, chunk_id, &ch);
+    if (f <= 0) {
+        if (f == 0)
+            error_set(EIO, "chunk %lld of the parent point is not in the catalog", (long long)chunk_id);
         return -1;
+    }
     if (ch.plain_len != len) {
         error_set(EIO, "parent chunk %lld has %u bytes where the cell has %llu", (long long)chunk_id,
                   ch.plain_len, (unsigned long long)len);

@@ -497,7 +497,11 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
             continue;
         }
         struct catalog_chunk ch;
-        if (catalog_chunk_get(r->cat, run.chunk_id, &ch) < 0) {
+        int g = catalog_chunk_get(r->cat, run.chunk_id, &ch);
+        if (g <= 0) {
+            if (g == 0)
+                error_set(EIO, "cell %llu: chunk %lld is not in the catalog",
+                          (unsigned long long)run.first_cell, (long long)run.chunk_id);
             rfail(&rs, error_errno(), "%s", error_msg());
             break;
         }
