@@ -73,6 +73,8 @@ struct nbd_server {
     int listen_fd;
     int stop_pipe[2];
     char *unix_path;
+    dev_t unix_dev;               /* the socket file we made: removed at the end */
+    ino_t unix_ino;               /* only if it is still ours */
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct sconn *conns;
@@ -544,40 +546,71 @@ static int send_error(struct sconn *c, uint64_t cookie, uint64_t offset, int err
     return send_chunk(c, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, cookie, offset, p, 6 + ml);
 }
 
-static int do_read(struct sconn *c, uint64_t cookie, uint16_t flags, uint64_t off, uint64_t len)
+/* A READ is served READ_PIECE bytes at a time, so that a connection never
+ * holds more than that (64 clients asking 32 MiB each would otherwise pin
+ * 2 GiB): with structured replies one data or hole chunk per piece; with
+ * simple replies the header, then the pieces (a piece that fails after
+ * the header has gone out can only be reported by hanging up).  A DF read
+ * must fit one chunk: up to 64 KiB (the spec's minimum), else EOVERFLOW. */
+#define READ_PIECE (1u << 20)
+#define MAX_DF_READ 65536u
+
+static int read_piece(struct sconn *c, uint64_t off, uint64_t len)
 {
     if (len > c->bufcap) {
         uint8_t *b = realloc(c->buf, len);
         if (!b)
-            return send_error(c, cookie, off, ENOMEM, "out of memory");
+            return -ENOMEM;
         c->buf = b;
         c->bufcap = len;
     }
     int r = c->exp.read(c->exp.handle, c->buf, len, off);
-    if (r < 0)
-        return send_error(c, cookie, off, -r, "read failed");
-    if (!c->structured) {
-        if (r == 1)
-            memset(c->buf, 0, len);
-        if (send_simple(c, cookie, 0) < 0)
-            return -1;
-        return nbd_sock_send_all(c->sock, c->buf, len);
-    }
-    if (r == 1 && !(flags & NBD_CMD_FLAG_DF) && len <= UINT32_MAX) {
-        uint8_t p[12];
-        nbd_put64(p, off);
-        nbd_put32(p + 8, (uint32_t)len);
-        return send_chunk(c, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, off, p, 12);
-    }
     if (r == 1)
         memset(c->buf, 0, len);
-    uint8_t h[32 + 8];
-    size_t n = nbd_encode_chunk_header(h, c->extended, NBD_REPLY_FLAG_DONE,
-                                       NBD_REPLY_TYPE_OFFSET_DATA, cookie, off, 8 + len);
-    nbd_put64(h + n, off);
-    if (nbd_sock_send_all(c->sock, h, n + 8) < 0)
-        return -1;
-    return nbd_sock_send_all(c->sock, c->buf, len);
+    return r < 0 ? r : r == 1;
+}
+
+static int do_read(struct sconn *c, uint64_t cookie, uint16_t flags, uint64_t off, uint64_t len)
+{
+    bool df = flags & NBD_CMD_FLAG_DF;
+    if (df && len > MAX_DF_READ)
+        return send_error(c, cookie, off, EOVERFLOW, "DF read over 64 KiB");
+    for (uint64_t pos = off, end = off + len; pos < end;) {
+        uint64_t n = df ? len : end - pos < READ_PIECE ? end - pos : READ_PIECE;
+        bool last = pos + n == end;
+        int r = read_piece(c, pos, n);
+        if (r < 0) {
+            if (!c->structured && pos != off) {
+                nbd_set_error(-r, "read at %llu failed after the reply header was sent",
+                              (unsigned long long)pos);
+                return -1;
+            }
+            return send_error(c, cookie, off, -r, "read failed");
+        }
+        if (!c->structured) {
+            if (pos == off && send_simple(c, cookie, 0) < 0)
+                return -1;
+            if (nbd_sock_send_all(c->sock, c->buf, n) < 0)
+                return -1;
+        } else if (r == 1 && !df) {
+            uint8_t p[12];
+            nbd_put64(p, pos);
+            nbd_put32(p + 8, (uint32_t)n);
+            if (send_chunk(c, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_OFFSET_HOLE, cookie,
+                           off, p, 12) < 0)
+                return -1;
+        } else {
+            uint8_t h[32 + 8];
+            size_t hl = nbd_encode_chunk_header(h, c->extended, last ? NBD_REPLY_FLAG_DONE : 0,
+                                                NBD_REPLY_TYPE_OFFSET_DATA, cookie, off, 8 + n);
+            nbd_put64(h + hl, pos);
+            if (nbd_sock_send_all(c->sock, h, hl + 8) < 0 ||
+                nbd_sock_send_all(c->sock, c->buf, n) < 0)
+                return -1;
+        }
+        pos += n;
+    }
+    return 0;
 }
 
 static int do_block_status(struct sconn *c, uint64_t cookie, uint16_t flags, uint64_t off,
@@ -851,6 +884,9 @@ int nbd_server_serve_fd(struct nbd_server *s, int fd)
     return 0;
 }
 
+static int listen_unix(struct nbd_server *s, const char *path);
+static int listen_tcp(const char *spec);
+
 struct nbd_server *nbd_server_new(const struct nbd_server_opts *o, const struct nbd_server_callbacks *cb)
 {
     struct nbd_server *s = calloc(1, sizeof *s);
@@ -880,6 +916,15 @@ struct nbd_server *nbd_server_new(const struct nbd_server_opts *o, const struct 
         nbd_server_free(s);
         return NULL;
     }
+    /* Listening now, so that the caller can say so truthfully before
+     * nbd_server_run (clients connecting early wait in the backlog). */
+    if (o->socket_path || o->listen) {
+        s->listen_fd = o->socket_path ? listen_unix(s, o->socket_path) : listen_tcp(o->listen);
+        if (s->listen_fd < 0) {
+            nbd_server_free(s);
+            return NULL;
+        }
+    }
     return s;
 }
 
@@ -897,8 +942,10 @@ void nbd_server_free(struct nbd_server *s)
         return;
     if (s->listen_fd >= 0)
         close(s->listen_fd);
-    if (s->unix_path)
-        unlink(s->unix_path);
+    struct stat st;
+    if (s->unix_path && stat(s->unix_path, &st) == 0 && st.st_dev == s->unix_dev &&
+        st.st_ino == s->unix_ino)
+        unlink(s->unix_path); /* not another server's, made since */
     free(s->unix_path);
     for (int i = 0; i < 2; i++)
         if (s->stop_pipe[i] >= 0)
@@ -919,10 +966,22 @@ static int listen_unix(struct nbd_server *s, const char *path)
         return -1;
     }
     strcpy(sun.sun_path, path);
-    if (stat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-        unlink(path); /* a stale socket of an earlier run */
+    if (stat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+        /* A stale socket of an earlier run is replaced; a live one (a
+         * server answers on it) is not taken over. */
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof sun) == 0;
+        if (probe >= 0)
+            close(probe);
+        if (live) {
+            nbd_set_error(EADDRINUSE, "listen on %s: a server is already running there", path);
+            return -1;
+        }
+        unlink(path);
+    }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof sun) < 0 || listen(fd, 128) < 0) {
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof sun) < 0 || listen(fd, 128) < 0 ||
+        stat(path, &st) < 0) {
         int err = errno;
         if (fd >= 0)
             close(fd);
@@ -930,6 +989,8 @@ static int listen_unix(struct nbd_server *s, const char *path)
         return -1;
     }
     s->unix_path = strdup(path);
+    s->unix_dev = st.st_dev;
+    s->unix_ino = st.st_ino;
     return fd;
 }
 
@@ -989,14 +1050,10 @@ static bool evict_one(struct nbd_server *s)
 
 int nbd_server_run(struct nbd_server *s)
 {
-    if (s->o.socket_path)
-        s->listen_fd = listen_unix(s, s->o.socket_path);
-    else if (s->o.listen)
-        s->listen_fd = listen_tcp(s->o.listen);
-    else
+    if (s->listen_fd < 0) {
         nbd_set_error(EINVAL, "nowhere to listen");
-    if (s->listen_fd < 0)
         return -1;
+    }
 
     for (;;) {
         struct pollfd p[2] = { { s->listen_fd, POLLIN, 0 }, { s->stop_pipe[0], POLLIN, 0 } };

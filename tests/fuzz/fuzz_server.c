@@ -16,10 +16,12 @@
  * checked by the callbacks: a read or block status outside the export, an
  * unknown context index or an empty range aborts.
  *
- * Exports: "" and "disk" (1 MiB: three contexts; even 64 KiB cells read
- * as holes; reads at 512 KiB-576 KiB and allocation-depth status past
- * 900 KiB fail with EIO) and "big" (4 TiB, extents of 8 GiB, so that 64-bit
- * lengths meet compact replies).
+ * Exports: "" and "disk" (1 MiB: even 64 KiB cells read as holes; reads
+ * at 512 KiB-576 KiB and allocation-depth status past 900 KiB fail with
+ * EIO) and "big" (4 TiB, extents of 8 GiB, so that 64-bit lengths meet
+ * compact replies).  Their contexts: base:allocation, qemu:dirty-bitmap:fuzz
+ * (only on every other open, as if pruned and made again between
+ * options) and qemu:allocation-depth.
  */
 #include <errno.h>
 #include <poll.h>
@@ -49,8 +51,15 @@ static const char *const contexts[] = {
 
 struct fexport {
     uint64_t size;
+    size_t ncontexts;
+    const char *contexts[3];
     char desc[32];
 };
+
+/* Opens of this input so far: every other open of an export lacks the
+ * bitmap, as when a point is pruned between two options (the contexts
+ * chosen by SET_META_CONTEXT must be mapped onto the export GO opens). */
+static unsigned opens;
 
 static void broken(const char *what)
 {
@@ -89,10 +98,13 @@ static int ex_block_status(void *handle, size_t ctx, uint64_t offset, uint64_t l
 {
     struct fexport *e = handle;
     check_range(e, offset, length);
-    if (ctx >= sizeof contexts / sizeof *contexts)
-        broken("block status for an unknown context");
+    if (ctx >= e->ncontexts)
+        broken("block status for a context the export does not offer");
     if (max == 0)
         broken("block status with room for no extent");
+    /* The context's behaviour follows its name, not its index. */
+    const char *name = e->contexts[ctx];
+    ctx = !strcmp(name, contexts[0]) ? 0 : !strcmp(name, contexts[1]) ? 1 : 2;
     if (ctx == 2 && e->size == SMALL && offset >= 900 * 1024)
         return -EIO;
     uint64_t gran = e->size == BIG ? UINT64_C(1) << 33 : (uint64_t)4096 << ctx;
@@ -134,14 +146,18 @@ static int ex_open(void *opaque, const char *name, struct nbd_server_export *x)
         return -1;
     }
     e->size = size;
+    e->contexts[e->ncontexts++] = contexts[0];
+    if (opens++ % 2 == 0)
+        e->contexts[e->ncontexts++] = contexts[1];
+    e->contexts[e->ncontexts++] = contexts[2];
     snprintf(e->desc, sizeof e->desc, "%s export", size == BIG ? "big" : "small");
     *x = (struct nbd_server_export){
         .handle = e,
         .size = size,
         .flags = NBD_FLAG_READ_ONLY | NBD_FLAG_CAN_MULTI_CONN,
         .description = e->desc,
-        .ncontexts = sizeof contexts / sizeof *contexts,
-        .contexts = contexts,
+        .ncontexts = e->ncontexts,
+        .contexts = e->contexts,
         .read = ex_read,
         .block_status = ex_block_status,
         .close = ex_close,
@@ -251,6 +267,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             nbd_set_log(log_line, NULL);
     }
     struct nbd_server *s = servers[data[0] & 1];
+    opens = 0;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         broken("socketpair failed");
     struct feeder f = { sv[1], data + 1, size - 1, 0, 0 };

@@ -10,8 +10,9 @@
 # the cells that changed since P; nbdcopy (multi-conn), qemu-img compare
 # and qemu-io read the point's bytes; writes are refused (QEMU cannot open
 # it writable, libnbd's write/zero/trim get EPERM from the server); a qcow2
-# overlay backed by a served point reads it.  SIGTERM stops the server
-# (exit 0, socket removed) even with a client connected.
+# overlay backed by a served point reads it.  A second server on the same
+# socket is refused.  SIGTERM stops the server (exit 0, socket removed)
+# even with a client connected.
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 . "$here/serve-lib.sh"
@@ -129,6 +130,12 @@ qemu-io -f qcow2 -c 'read -P 0x77 0 64k' -c 'read -P 0x11 64k 64k' ov.qcow2 | te
 ! grep -q 'Pattern verification failed' ov.out || fail "overlay reads wrong bytes"
 run nbdcopy "$u1" p1-again.raw
 cmp p1-again.raw ref-1.raw || fail "a write to the overlay changed the served point"
+
+# ---- A second server on the same socket is refused; the first goes on ------------
+expect_fail 1 'already running' timeout 10 "$NBDVAULT" serve --repo "$repo" --socket "$sock"
+[ -S "$sock" ] || fail "the refused server removed the first one's socket"
+run nbdcopy "$u1" p1-third.raw
+cmp p1-third.raw ref-1.raw || fail "the first server no longer serves point 1"
 
 # ---- SIGTERM with a client connected --------------------------------------------
 "$PYTHON" -c 'import nbd, sys, time

@@ -45,6 +45,13 @@ for a in $("$HOSTILE_CLIENT" list); do
 done
 [ "$n" -ge 20 ] || fail "only $n attacks"
 
+# One READ of the whole point (10 MiB: served in pieces), in each reply mode.
+for mode in simple structured extended df; do
+    "$HOSTILE_CLIENT" dump "$sock" "vm1@${pt[2]}" "$mode" > dump.raw || fail "dump ($mode) failed"
+    cmp dump.raw ref-2.raw || fail "one READ of the whole point ($mode replies) differs"
+done
+rm -f dump.raw
+
 # 200 idle connections: a well-behaved client still gets in.
 "$HOSTILE_CLIENT" idle "$sock" 200 4 > idle.out &
 idle_pid=$!

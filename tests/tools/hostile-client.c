@@ -14,6 +14,10 @@
  *                                                the payload filter naming
  *                                                only CONTEXT's id among every
  *                                                context of the export
+ *   hostile-client dump SOCKET EXPORT MODE       the whole export (<= 32 MiB)
+ *                                                in one READ to stdout; MODE:
+ *                                                simple, structured, extended,
+ *                                                or df (64 KiB DF reads)
  *   hostile-client race-set-go SOCKET EXPORT CONTEXT FILE
  *                                                SET_META_CONTEXT, then waits
  *                                                until FILE exists, then GO
@@ -833,6 +837,10 @@ static void a_read_bounds(void)
     expect_error(&c, 7, NBD_EINVAL, "command 0x99");
     req(&c, 0, NBD_CMD_RESIZE, 8, 0, 4096, NULL, 0);
     expect_error(&c, 8, NBD_EINVAL, "NBD_CMD_RESIZE");
+    req(&c, NBD_CMD_FLAG_DF, NBD_CMD_READ, 9, 0, 65537, NULL, 0);
+    expect_error(&c, 9, NBD_EOVERFLOW, "a DF READ of 64 KiB + 1");
+    req(&c, 0, NBD_CMD_READ, 10, 0, 0, NULL, 0);
+    expect_error(&c, 10, NBD_EINVAL, "READ of length 0");
     still_serves(&c);
 }
 
@@ -1166,6 +1174,57 @@ static int race_set_go(const char *context, const char *file)
     return 0;
 }
 
+/* The whole export in one READ (at most 32 MiB) to stdout; mode "simple"
+ * (no structured replies), "structured", "extended" or "df" (structured,
+ * DF: one chunk, so at most 64 KiB at a time). */
+static int dump(const char *mode)
+{
+    struct conn c;
+    bool simple = !strcmp(mode, "simple"), df = !strcmp(mode, "df");
+    if (simple) {
+        memset(&c, 0, sizeof c);
+        c.fd = xconnect();
+        greet(&c, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+        do_go(&c);
+    } else {
+        setup(&c, !strcmp(mode, "extended"), NULL, 0);
+    }
+    if (c.size > 32u << 20)
+        fail("the export is over 32 MiB");
+    uint8_t *buf = malloc(c.size);
+    uint64_t step = df ? 65536 : c.size;
+    for (uint64_t off = 0, k = 1; off < c.size; off += step, k++) {
+        uint32_t n = (uint32_t)(c.size - off < step ? c.size - off : step);
+        if (!simple) {
+            if (df) {
+                struct reply r = { 0 };
+                req(&c, NBD_CMD_FLAG_DF, NBD_CMD_READ, k, off, n, NULL, 0);
+                if (reply(&c, &r) || r.type != NBD_REPLY_TYPE_OFFSET_DATA ||
+                    !(r.flags & NBD_REPLY_FLAG_DONE) || r.len != 8 + (uint64_t)n || get64(r.p) != off)
+                    fail("a DF read not answered with one data chunk");
+                memcpy(buf + off, r.p + 8, n);
+                free(r.p);
+            } else {
+                read_ok(&c, k, off, n, buf + off);
+            }
+            continue;
+        }
+        struct reply r = { 0 };
+        req(&c, 0, NBD_CMD_READ, k, off, n, NULL, 0);
+        if (reply(&c, &r) || !r.simple || r.cookie != k)
+            fail("no simple reply");
+        if (r.err)
+            fail("READ failed with %u", r.err);
+        if (rd(c.fd, buf + off, n))
+            fail("hung up in the data of a simple reply");
+    }
+    fwrite(buf, 1, c.size, stdout);
+    free(buf);
+    req(&c, 0, NBD_CMD_DISC, 0, 0, 0, NULL, 0);
+    close(c.fd);
+    return 0;
+}
+
 static int idle(int n, int seconds)
 {
     int *fds = calloc((size_t)n, sizeof *fds);
@@ -1240,6 +1299,12 @@ int main(int argc, char **argv)
         export_name = argv[3];
         return ext_map(argv[4]);
     }
+    if (argc == 5 && !strcmp(argv[1], "dump")) {
+        attack = "dump";
+        where = argv[2];
+        export_name = argv[3];
+        return dump(argv[4]);
+    }
     if (argc == 6 && !strcmp(argv[1], "race-set-go")) {
         attack = "race-set-go";
         where = argv[2];
@@ -1259,6 +1324,7 @@ int main(int argc, char **argv)
         }
     }
     fprintf(stderr, "usage: hostile-client list | ATTACK SOCKET EXPORT | idle SOCKET N SECONDS |\n"
-                    "       ext-map SOCKET EXPORT CONTEXT | race-set-go SOCKET EXPORT CONTEXT FILE\n");
+                    "       ext-map SOCKET EXPORT CONTEXT | race-set-go SOCKET EXPORT CONTEXT FILE |\n"
+                    "       dump SOCKET EXPORT simple|structured|extended|df\n");
     return 2;
 }
