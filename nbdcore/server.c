@@ -7,7 +7,9 @@
  * capped, every string checked; a malformed or hostile request closes that
  * one connection and the server goes on serving everyone else.  When all
  * connection slots are taken, a new client evicts the oldest connection
- * still in its handshake (idle sockets cannot lock others out).
+ * that has been in its handshake for over a second (idle sockets cannot
+ * lock others out for long; connections opened together by a multi-conn
+ * client do not evict each other).
  *
  * What an export holds comes from callbacks (struct nbd_server_callbacks).
  */
@@ -32,6 +34,11 @@
 
 #define DEFAULT_MAX_CONNECTIONS 64
 #define DEFAULT_HANDSHAKE_MS 10000
+/* A handshake younger than this is not evicted: a client's handshake takes
+ * milliseconds, and the connections a multi-conn client opens together
+ * must not evict each other.  (A newcomer that finds no older handshake to
+ * evict is refused instead.) */
+#define EVICT_AFTER_S 1.0
 #define MAX_OPTIONS 256               /* per connection */
 #define MAX_QUERIES 256
 #define MAX_SELECTED 64
@@ -181,6 +188,8 @@ static uint16_t export_flags(const struct sconn *c, const struct nbd_server_expo
         f |= NBD_FLAG_SEND_DF;
     if (c->extended)
         f |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
+    if (c->srv->o.max_connections == 1)
+        f &= (uint16_t)~NBD_FLAG_CAN_MULTI_CONN; /* a second connection would be refused */
     return f;
 }
 
@@ -1033,13 +1042,15 @@ static int listen_tcp(const char *spec)
     return fd;
 }
 
-/* All slots taken: the oldest connection still in its handshake makes
- * room (its thread sees its socket shut down). */
+/* All slots taken: the oldest connection still in its handshake, if it
+ * has been there for EVICT_AFTER_S, makes room (its thread sees its socket
+ * shut down). */
 static bool evict_one(struct nbd_server *s)
 {
     struct sconn *old = NULL;
+    double limit = now_s() - EVICT_AFTER_S;
     for (struct sconn *c = s->conns; c; c = c->next)
-        if (c->in_handshake && (!old || c->started < old->started))
+        if (c->in_handshake && c->started <= limit && (!old || c->started < old->started))
             old = c;
     if (!old)
         return false;

@@ -12,7 +12,8 @@
 # it writable, libnbd's write/zero/trim get EPERM from the server); a qcow2
 # overlay backed by a served point reads it.  A second server on the same
 # socket is refused.  SIGTERM stops the server (exit 0, socket removed)
-# even with a client connected.
+# even with a client connected.  With --max-connections 1 multi-conn is
+# not advertised; with 2, a client asking for 4 connections gets 2.
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 . "$here/serve-lib.sh"
@@ -149,3 +150,30 @@ done
 grep -q connected idle.out || fail "the idle client did not connect"
 stop_serve
 echo "server stopped"
+
+# ---- --max-connections ------------------------------------------------------------
+# One connection: multi-conn is not advertised (a second connection would
+# be refused), and every client works with one.
+start_serve "$repo" "" --max-connections 1
+nbdinfo --json "$u1" | "$PYTHON" -c 'import json,sys
+assert json.load(sys.stdin)["exports"][0]["can_multi_conn"] is False' ||
+    fail "multi-conn advertised with --max-connections 1"
+for i in 1 2 3; do
+    run nbdcopy "$u1" mc1.raw
+    cmp mc1.raw ref-1.raw || fail "nbdcopy with --max-connections 1 differs"
+    run "$NBDVAULT" backup "$u1" --repo "$testdir/mc-$i" --disk vm1 --json > mc.json
+    [ "$(jget mc.json bytes_read)" -gt 0 ] || fail "backup with --max-connections 1 read nothing"
+    run "$NBDVAULT" restore --repo "$testdir/mc-$i" --disk vm1 --output mc-r.raw
+    cmp mc-r.raw ref-1.raw || fail "backup through --max-connections 1 restores other bytes"
+done
+stop_serve
+# Two: a client asking for four connections gets two (the others are
+# refused, not made to evict the first ones mid-handshake).
+start_serve "$repo" "" --max-connections 2
+for i in 1 2 3 4 5; do
+    run "$NBDCORE_TOOL" download "$u1" mc2.raw 4 > mc2.out || fail "download with --max-connections 2 failed"
+    cat mc2.out
+    grep -qx 'connections: 2' mc2.out || fail "download with --max-connections 2 did not use 2 connections"
+    cmp mc2.raw ref-1.raw || fail "download with --max-connections 2 differs"
+done
+stop_serve
