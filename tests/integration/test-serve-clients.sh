@@ -9,7 +9,8 @@
 # equivalent overlay chain; qemu:dirty-bitmap:since-P is dirty exactly in
 # the cells that changed since P; nbdcopy (multi-conn), qemu-img compare
 # and qemu-io read the point's bytes; writes are refused (QEMU cannot open
-# it writable, libnbd's write/zero/trim get EPERM from the server); a qcow2
+# it writable, libnbd's write/zero/trim get EPERM from the server); QEMU
+# reads the dirty bitmaps (x-dirty-bitmap) as libnbd does; a qcow2
 # overlay backed by a served point reads it.  A second server on the same
 # socket is refused.  SIGTERM stops the server (exit 0, socket removed)
 # even with a client connected.  With --max-connections 1 multi-conn is
@@ -95,6 +96,18 @@ qread "$(serve_uri "vm1@${pt[2]}")" "0x21 12345 100" "0 $M 256k" "0x22 $((s - 10
     "0x12 $((5 * M + 605000)) 1000" "0x11 $((M + 256 * 1024)) 4096"
 qread "$(serve_uri "vm1@${pt[3]}")" "0x31 $((M + 512)) 1536" "0 $M 512" "0 $((8 * M)) 64k" \
     "0x23 $((8 * M + 65536)) 5464" "0x32 $((3 * M)) $M" "0x22 $((s - 100)) 100"
+
+# ---- QEMU's client reads the bitmaps too (x-dirty-bitmap: dirty shows as
+# "data": false), one context at a time with REQ_ONE ---------------------------
+for m in 1 2; do
+    qemu-img map --output=json --image-opts \
+        "driver=nbd,server.type=unix,server.path=$sock,export=vm1@${pt[3]},x-dirty-bitmap=qemu:dirty-bitmap:since-${pt[m]}" |
+        "$PYTHON" -c 'import json,sys
+for e in json.load(sys.stdin):
+    print(e["start"], e["length"], 0 if e["data"] else 1)' > "qemu-since-$m.map"
+    diff -u <(merged "s-3-$m.dirty") <(merged "qemu-since-$m.map") ||
+        fail "QEMU reads since-${pt[m]} of point 3 otherwise than libnbd"
+done
 
 # ---- Writes are refused ------------------------------------------------------
 u1=$(serve_uri "vm1@${pt[1]}")
