@@ -44,27 +44,32 @@ make_disk() {   # make_disk FILE SIZE
     head -c $((512 * MiB)) /dev/urandom > "$work/random.bin"
     qemu-io -f qcow2 -c "write -s $work/random.bin $((2 * GiB)) $((512 * MiB))" "$tmp" >/dev/null
     rm -f "$work/files.tar" "$work/random.bin"
+    # The disk as the full backup saw it...
+    cp "$tmp" "$img.before"
+    # ...then ~1% of the disk, scattered 64 KiB granules of new random data
+    # over old files and holes alike, recorded by the bitmap b0: written
+    # through a writable qemu-nbd export while the bitmap is enabled.
     qemu-img bitmap --add "$tmp" b0
-    # ~1% of the disk, scattered 64 KiB granules: new random data over
-    # old files and holes alike.
-    local n=$((size / 100 / 65536))
-    head -c $((64 * 1024)) /dev/urandom > "$work/g.bin"
-    $PY - "$size" "$n" "$work/g.bin" > "$work/writes" <<'PY'
-import random, sys
-size, n, src = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    qemu-nbd --fork --pid-file="$work/w.pid" -k "$work/w.sock" -t -f qcow2 "$tmp"
+    $PY - "nbd+unix:///?socket=$work/w.sock" "$size" <<'PY'
+import nbd, os, random, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+size = int(sys.argv[2])
 random.seed(11)
-cells = random.sample(range(size // 65536), n)
-for c in sorted(cells):
-    print("-c\nwrite -s %s %d 65536" % (src, c * 65536))
+for c in sorted(random.sample(range(size // 65536), size // 100 // 65536)):
+    h.pwrite(os.urandom(65536), c * 65536)
+h.flush()
+h.shutdown()
 PY
-    mapfile -t args < "$work/writes"
-    qemu-io -f qcow2 "${args[@]}" "$tmp" >/dev/null
+    kill "$(cat "$work/w.pid")"
+    while kill -0 "$(cat "$work/w.pid")" 2>/dev/null; do sleep 0.1; done
     mv "$tmp" "$img"
 }
 
 disk=$BENCH_DIR/disk-4g.qcow2
 big=$BENCH_DIR/disk-16g.qcow2
-[ -f "$disk" ] || make_disk "$disk" $((4 * GiB))
+[ -f "$disk" ] && [ -f "$disk.before" ] || make_disk "$disk" $((4 * GiB))
 if [ ! -f "$big" ]; then
     # The same content in a 4 times larger, sparser disk.
     qemu-img create -q -f qcow2 -b "$disk" -F qcow2 "$big.tmp" $((16 * GiB))
@@ -73,19 +78,20 @@ if [ ! -f "$big" ]; then
     mv "$big.tmp2" "$big"
 fi
 
-# The state of the disk before the bitmap's writes, for the full backup
-# point: a full backup of the disk, then the incremental of b0.  We take the
-# full from the disk as it is (with the writes) and the incremental reads
-# exactly what b0 marks, which is what a nightly run reads.
+# The full backup is taken of the disk as it was before the bitmap's
+# writes ($before); the incremental then reads what b0 marks, as a nightly
+# run does.
 
 serve() {   # serve IMAGE SOCK [ARGS]
     local img=$1 sock=$2
     shift 2
-    qemu-nbd --fork --pid-file="$sock.pid" -k "$sock" -t -r -f qcow2 -B b0 --shared=8 "$@" "$img"
+    qemu-nbd --fork --pid-file="$sock.pid" -k "$sock" -t -r -f qcow2 --shared=8 "$@" "$img"
     pids+=("$(cat "$sock.pid")")
 }
-serve "$disk" "$work/src.sock"
+serve "$disk" "$work/src.sock" -B b0
 src="nbd+unix:///?socket=$work/src.sock"
+serve "$disk.before" "$work/before.sock"
+before="nbd+unix:///?socket=$work/before.sock"
 serve "$big" "$work/big.sock"
 bigsrc="nbd+unix:///?socket=$work/big.sock"
 
@@ -114,12 +120,12 @@ ratio() { echo "scale=2; $1 / $2" | bc -l; }
 # ---- Full backup ------------------------------------------------------------------
 
 log "bench: full backup"
-t_nbdcopy_zstd=$(median bash -c "nbdcopy '$src' - | zstd -1 -T2 -q > $work/pipe.zst")
-t_nbdcopy_null=$(median nbdcopy "$src" null:)
-PREP="rm -rf $work/repo" t_full=$(median "$NBDVAULT" backup "$src" --repo "$work/repo" --disk d)
+t_nbdcopy_zstd=$(median bash -c "nbdcopy '$before' - | zstd -1 -T2 -q > $work/pipe.zst")
+t_nbdcopy_null=$(median nbdcopy "$before" null:)
+PREP="rm -rf $work/repo" t_full=$(median "$NBDVAULT" backup "$before" --repo "$work/repo" --disk d)
 rm -rf "$work/repo"
-"$NBDVAULT" backup "$src" --repo "$work/repo" --disk d --bitmap b0 --json > "$work/full.json"
-rss_backup=$(PREP= peak_rss_mib "$NBDVAULT" backup "$src" --repo "$work/rss-repo" --disk d)
+"$NBDVAULT" backup "$before" --repo "$work/repo" --disk d --json > "$work/full.json"
+rss_backup=$(PREP= peak_rss_mib "$NBDVAULT" backup "$before" --repo "$work/rss-repo" --disk d)
 rm -rf "$work/rss-repo"
 rss_backup_big=$(peak_rss_mib "$NBDVAULT" backup "$bigsrc" --repo "$work/rss-repo" --disk d)
 rm -rf "$work/rss-repo"
@@ -192,7 +198,7 @@ full_stored=$(jget "$work/full.json" bytes_stored)
 # ---- Restore ---------------------------------------------------------------------------
 
 log "bench: restore"
-PREP="rm -f $work/out.raw" t_convert=$(median qemu-img convert -f qcow2 -O raw "$disk" "$work/out.raw")
+PREP="rm -f $work/out.raw" t_convert=$(median qemu-img convert -f qcow2 -O raw "$disk.before" "$work/out.raw")
 PREP="rm -f $work/out.raw" t_restore=$(median "$NBDVAULT" restore --repo "$work/repo" --disk d \
     --point "$full_point" --output "$work/out.raw")
 rm -f "$work/out.raw"
@@ -211,7 +217,7 @@ log "bench: serve"
 vault=$!
 pids+=("$vault")
 for _ in $(seq 100); do [ -S "$work/vault.sock" ] && break; sleep 0.05; done
-t_qemu_read=$(median nbdcopy "$src" null:)
+t_qemu_read=$(median nbdcopy "$before" null:)
 t_vault_read=$(median nbdcopy "nbd+unix:///d@$full_point?socket=$work/vault.sock" null:)
 rss_serve=$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$vault/status")
 kill "$vault"
