@@ -57,6 +57,7 @@ struct sconn {
     double started;
 
     bool tls, structured, extended, no_zeroes;
+    bool filter_logged;           /* the first payload filter was logged */
     /* The export in transmission. */
     struct nbd_server_export exp;
     bool have_exp;
@@ -647,6 +648,10 @@ static int do_block_status(struct sconn *c, uint64_t cookie, uint16_t flags, uin
             if (nids == MAX_SELECTED)
                 return send_error(c, cookie, off, EINVAL, "too many context ids");
             ids[nids++] = k;
+        }
+        if (!c->filter_logged) {
+            c->filter_logged = true;
+            nbd_debug("block status with a payload filter (%zu of %zu contexts)", nids, c->nsel);
         }
     } else {
         for (size_t k = 0; k < c->nsel; k++)

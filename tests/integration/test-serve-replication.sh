@@ -5,7 +5,9 @@
 # qemu:dirty-bitmap:since-P of the previous point.  A full backup reads no
 # more than the cells that hold data; each incremental reads no more than
 # the cells that changed between the two points (and something when
-# something changed); every point of B restores bit-identically.
+# something changed); every point of B restores bit-identically.  The
+# incrementals speak extended headers and use the block status payload
+# filter (the server's debug log says so).
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 . "$here/serve-lib.sh"
@@ -13,7 +15,9 @@ requires qemu-nbd --version
 requires nbdinfo --version
 
 make_chain "$testdir/A" 4
-start_serve "$testdir/A"
+# NBDVAULT_DEBUG: the server logs the first block status with a payload
+# filter of each connection.
+NBDVAULT_DEBUG=1 start_serve "$testdir/A"
 B=$testdir/B
 
 truncate -s "$chain_size" zero.raw
@@ -44,6 +48,10 @@ for k in 1 2 3 4; do
 done
 
 stop_serve
+# The incrementals asked for the bitmap alone among their two contexts:
+# extended headers and the block status payload filter.
+grep -q 'block status with a payload filter (1 of 2 contexts)' serve.log ||
+    { cat serve.log; fail "the incremental replication did not use the payload filter"; }
 
 for k in 1 2 3 4; do
     p=$(jget "b-$k.json" point)
