@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -172,22 +174,13 @@ static void *rworker_main(void *opaque)
             item_free(rs, it);
             continue;
         }
-        if (rs->pool) {
-            pthread_mutex_lock(&rs->lock);
-            it->next = rs->done_head;
-            rs->done_head = it;
-            pthread_mutex_unlock(&rs->lock);
-            wake_main(rs);
-            continue;
-        }
-        if (pwrite_all(rs->fd, it->buf, len, it->cell * rs->chunk) < 0) {
-            rfail(rs, errno, "write %s: %s", rs->o->output, strerror(errno));
-        } else {
-            pthread_mutex_lock(&rs->lock);
-            rs->written += len;
-            pthread_mutex_unlock(&rs->lock);
-        }
-        item_free(rs, it);
+        /* The main thread writes: one writer, consecutive cells in one
+         * pwritev (file) or pipelined WRITEs (NBD). */
+        pthread_mutex_lock(&rs->lock);
+        it->next = rs->done_head;
+        rs->done_head = it;
+        pthread_mutex_unlock(&rs->lock);
+        wake_main(rs);
     }
 }
 
@@ -295,6 +288,68 @@ static void drain_done(struct restore *rs)
     }
 }
 
+static int cmp_item(const void *a, const void *b)
+{
+    const struct item *x = *(struct item *const *)a, *y = *(struct item *const *)b;
+    return x->cell < y->cell ? -1 : x->cell > y->cell;
+}
+
+/* Decoded chunks to the file: sorted, consecutive cells gathered into one
+ * pwritev each. */
+static void drain_done_file(struct restore *rs)
+{
+    struct item *its[NBUFS];
+    size_t n = 0;
+
+    pthread_mutex_lock(&rs->lock);
+    for (struct item *it = rs->done_head; it && n < NBUFS; it = it->next)
+        its[n++] = it;
+    rs->done_head = NULL;
+    pthread_mutex_unlock(&rs->lock);
+    qsort(its, n, sizeof *its, cmp_item);
+    for (size_t i = 0; i < n;) {
+        struct iovec iov[NBUFS];
+        size_t j = i, total = 0;
+        while (j < n && (j == i || its[j]->cell == its[j - 1]->cell + 1)) {
+            iov[j - i].iov_base = its[j]->buf;
+            iov[j - i].iov_len = cell_bytes(rs, its[j]->cell);
+            total += iov[j - i].iov_len;
+            j++;
+        }
+        if (!rfailed(rs)) {
+            uint64_t off = its[i]->cell * rs->chunk;
+            struct iovec *v = iov;
+            int cnt = (int)(j - i);
+            size_t left = total;
+            while (left) {
+                ssize_t w = pwritev(rs->fd, v, cnt, (off_t)off);
+                if (w < 0 && errno == EINTR)
+                    continue;
+                if (w <= 0) {
+                    rfail(rs, errno, "write %s: %s", rs->o->output, strerror(errno));
+                    break;
+                }
+                left -= (size_t)w;
+                off += (uint64_t)w;
+                while (cnt && (size_t)w >= v->iov_len) {
+                    w -= (ssize_t)v->iov_len;
+                    v++;
+                    cnt--;
+                }
+                if (cnt && w) {
+                    v->iov_base = (uint8_t *)v->iov_base + w;
+                    v->iov_len -= (size_t)w;
+                }
+            }
+            if (left == 0)
+                rs->written += total;
+        }
+        for (size_t k = i; k < j; k++)
+            item_free(rs, its[k]);
+        i = j;
+    }
+}
+
 /* Waits for something to happen: an NBD reply, or a worker's signal. */
 static void rwait(struct restore *rs)
 {
@@ -307,10 +362,17 @@ static void rwait(struct restore *rs)
         }
         drain_done(rs);
     } else {
+        struct pollfd p = { .fd = rs->efd, .events = POLLIN };
         pthread_mutex_lock(&rs->lock);
-        if (!rs->free_list && !rs->err)
-            pthread_cond_wait(&rs->cond, &rs->lock);
+        bool idle = !rs->done_head;
         pthread_mutex_unlock(&rs->lock);
+        if (idle && poll(&p, 1, 250) > 0) {
+            uint64_t v;
+            if (read(rs->efd, &v, sizeof v) < 0) {
+                /* nothing */
+            }
+        }
+        drain_done_file(rs);
     }
     agent_progress_report(&rs->progress, rs->written + rs->zeroed, rs->size, 0);
 }
@@ -523,6 +585,8 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
         }
         if (rs.pool)
             drain_done(&rs);
+        else
+            drain_done_file(&rs);
     }
     if (m < 0 && !rfailed(&rs))
         rfail(&rs, error_errno(), "%s", error_msg());
