@@ -1065,8 +1065,12 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
         goto stop;
     }
     b->committer_started = true;
-    if (count_planned(b) < 0)
+    if (count_planned(b) < 0) {
+        /* Without a plan nothing was read: the backup must fail, never
+         * record an empty point. */
+        fail(b, error_errno(), "%s", error_msg());
         goto stop;
+    }
     agent_progress_report(&b->progress, 0, b->planned, 1);
     plan_and_read(b);
 

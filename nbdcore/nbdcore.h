@@ -269,8 +269,8 @@ struct nbd_server_opts {
 
 struct nbd_server;
 struct nbd_server *nbd_server_new(const struct nbd_server_opts *o, const struct nbd_server_callbacks *cb);
-/* Listens and serves until nbd_server_stop; then waits for every
- * connection to end (their clients are disconnected). */
+/* Serves (nbd_server_new already listens) until nbd_server_stop; then
+ * waits for every connection to end (their clients are disconnected). */
 int nbd_server_run(struct nbd_server *s);
 /* Async-signal-safe: makes nbd_server_run return. */
 void nbd_server_stop(struct nbd_server *s);
