@@ -45,6 +45,11 @@ void cli_config_free(struct cli_config *c);
 int cli_parse_size(const char *v, uint64_t *out);            /* 64K, 4M, 1G, 1MiB */
 int cli_parse_unsigned(const char *v, unsigned max, unsigned *out);
 
+/* Opens the repository of --repo (or of the config file's [repository]
+ * path); on failure prints why and sets *code to the exit code. */
+struct agent_repo;
+struct agent_repo *cli_open_repo(const char *cmd, const char *repo, const char *config, int *code);
+
 /* Progress on a terminal. */
 struct cli_progress {
     const char *what;

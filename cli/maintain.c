@@ -9,26 +9,6 @@
 #include "cli/cli.h"
 #include "common/error.h"
 
-static struct agent_repo *open_repo(const char *cmd, const char *repo, const char *config)
-{
-    struct cli_config cfg;
-    struct agent_repo *r = NULL;
-
-    cli_config_defaults(&cfg);
-    if (config && cli_config_load(&cfg, config, cmd) < 0)
-        goto out;
-    if (!repo)
-        repo = cfg.repo;
-    if (!repo) {
-        cli_usage_error(cmd, "--repo DIR is required");
-        goto out;
-    }
-    if (!(r = agent_repo_open(repo, false)))
-        cli_error(cmd, "%s", error_msg());
-out:
-    cli_config_free(&cfg);
-    return r;
-}
 
 /* ---- verify ---------------------------------------------------------------- */
 
@@ -93,9 +73,10 @@ int cli_verify(int argc, char **argv)
     }
     if (optind != argc)
         return cli_usage_error("verify", "unexpected argument \"%s\"", argv[optind]);
-    struct agent_repo *r = open_repo("verify", repo, config);
+    int code;
+    struct agent_repo *r = cli_open_repo("verify", repo, config, &code);
     if (!r)
-        return CLI_EXIT_FAIL;
+        return code;
     struct cli_progress prog = { .what = "verify" };
     o.damage = on_damage;
     o.progress = NULL;
@@ -244,9 +225,10 @@ int cli_prune(int argc, char **argv)
     if (!o.keep_last && !o.keep_hourly && !o.keep_daily && !o.keep_weekly && !o.keep_monthly &&
         !o.keep_yearly)
         return cli_usage_error("prune", "give at least one --keep-* rule");
-    struct agent_repo *r = open_repo("prune", repo, config);
+    int code;
+    struct agent_repo *r = cli_open_repo("prune", repo, config, &code);
     if (!r)
-        return CLI_EXIT_FAIL;
+        return code;
     o.decision = on_decision;
     o.warn = on_prune_warn;
     o.opaque = &p;
@@ -319,9 +301,10 @@ int cli_gc(int argc, char **argv)
     }
     if (optind != argc)
         return cli_usage_error("gc", "unexpected argument \"%s\"", argv[optind]);
-    struct agent_repo *r = open_repo("gc", repo, config);
+    int code;
+    struct agent_repo *r = cli_open_repo("gc", repo, config, &code);
     if (!r)
-        return CLI_EXIT_FAIL;
+        return code;
     o.note = on_note;
     o.opaque = &json;
     struct agent_gc_result res;
@@ -423,9 +406,10 @@ int cli_serve(int argc, char **argv)
         return cli_usage_error("serve", "give exactly one of --socket PATH and --listen HOST:PORT");
     if (o.tls_certificates && o.tls_psk_file)
         return cli_usage_error("serve", "give at most one of --tls-certificates and --tls-psk-file");
-    struct agent_repo *r = open_repo("serve", repo, config);
+    int code;
+    struct agent_repo *r = cli_open_repo("serve", repo, config, &code);
     if (!r)
-        return CLI_EXIT_FAIL;
+        return code;
     o.ready = serve_ready;
     o.opaque = (void *)(o.socket_path ? o.socket_path : o.listen);
     int ret = CLI_EXIT_OK;

@@ -62,25 +62,6 @@ static int list_one(void *opaque, const struct agent_point *p)
     return 0;
 }
 
-/* Options shared by the commands that only need a repository. */
-static int repo_arg(const char *cmd, const char *repo, const char *config, char **out)
-{
-    struct cli_config cfg;
-    cli_config_defaults(&cfg);
-    if (config && cli_config_load(&cfg, config, cmd) < 0) {
-        cli_config_free(&cfg);
-        return -1;
-    }
-    *out = strdup(repo ? repo : cfg.repo ? cfg.repo : "");
-    cli_config_free(&cfg);
-    if (!**out) {
-        free(*out);
-        cli_usage_error(cmd, "--repo DIR is required");
-        return -1;
-    }
-    return 0;
-}
-
 int cli_list(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -93,7 +74,6 @@ int cli_list(int argc, char **argv)
     };
     const char *repo = NULL, *disk = NULL, *config = NULL;
     struct list_out l = { 0 };
-    char *dir;
     int ch;
 
     optind = 1;
@@ -111,12 +91,10 @@ int cli_list(int argc, char **argv)
     }
     if (optind != argc)
         return cli_usage_error("list", "unexpected argument \"%s\"", argv[optind]);
-    if (repo_arg("list", repo, config, &dir) < 0)
-        return CLI_EXIT_USAGE;
-    struct agent_repo *r = agent_repo_open(dir, false);
-    free(dir);
+    int code;
+    struct agent_repo *r = cli_open_repo("list", repo, config, &code);
     if (!r)
-        return cli_error("list", "%s", error_msg());
+        return code;
     if (l.json)
         l.arr = json_object_new_array();
     int ret = CLI_EXIT_OK;
@@ -169,7 +147,6 @@ int cli_restore(int argc, char **argv)
     const char *repo = NULL, *config = NULL, *point = NULL, *conns = NULL;
     struct agent_restore_opts o = { 0 };
     bool json = false;
-    char *dir;
     int ch;
 
     optind = 1;
@@ -203,12 +180,10 @@ int cli_restore(int argc, char **argv)
     }
     if (conns && (cli_parse_unsigned(conns, 64, &o.connections) < 0 || !o.connections))
         return cli_usage_error("restore", "bad --connections \"%s\" (1 to 64)", conns);
-    if (repo_arg("restore", repo, config, &dir) < 0)
-        return CLI_EXIT_USAGE;
-    struct agent_repo *r = agent_repo_open(dir, false);
-    free(dir);
+    int code;
+    struct agent_repo *r = cli_open_repo("restore", repo, config, &code);
     if (!r)
-        return cli_error("restore", "%s", error_msg());
+        return code;
     struct cli_progress prog = { .what = o.disk };
     o.progress = cli_progress_wanted(json) ? cli_progress : NULL;
     o.opaque = &prog;

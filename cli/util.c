@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/agent.h"
 #include "cli/cli.h"
+#include "common/error.h"
 #include "nbdcore/nbdcore.h"
 
 static int verror(int code, const char *cmd, const char *fmt, va_list ap)
@@ -69,4 +71,27 @@ static void log_cb(void *opaque, int level, const char *msg)
 void cli_setup_logging(void)
 {
     nbd_set_log(log_cb, NULL);
+}
+
+struct agent_repo *cli_open_repo(const char *cmd, const char *repo, const char *config, int *code)
+{
+    struct cli_config cfg;
+    struct agent_repo *r = NULL;
+
+    *code = CLI_EXIT_USAGE;
+    cli_config_defaults(&cfg);
+    if (config && cli_config_load(&cfg, config, cmd) < 0)
+        goto out;
+    if (!repo)
+        repo = cfg.repo;
+    if (!repo) {
+        cli_usage_error(cmd, "--repo DIR is required");
+        goto out;
+    }
+    *code = CLI_EXIT_FAIL;
+    if (!(r = agent_repo_open(repo, false)))
+        cli_error(cmd, "%s", error_msg());
+out:
+    cli_config_free(&cfg);
+    return r;
 }

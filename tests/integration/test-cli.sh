@@ -84,3 +84,11 @@ run $NBDVAULT map "$u" --context base:allocation --totals > after.map || fail "n
 cmp before.map after.map || fail "map: options after the URI give other output"
 run $NBDVAULT info "nbd+unix:///?socket=$testdir/s" --list > after.list || fail "nbdvault info URI --list failed"
 grep -qx 'export="disk":' after.list || fail "info URI --list does not show disk"
+
+# Every command that needs a repository says so, as bad usage (exit 2).
+for cmd in list verify gc; do
+    expect_fail 2 "$cmd: --repo DIR is required" "$NBDVAULT" $cmd
+done
+expect_fail 2 "restore: --repo DIR is required" "$NBDVAULT" restore --disk d --output x.raw
+expect_fail 2 "prune: --repo DIR is required" "$NBDVAULT" prune --disk d --keep-last 1
+expect_fail 2 "serve: --repo DIR is required" "$NBDVAULT" serve --socket s.sock
