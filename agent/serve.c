@@ -38,8 +38,10 @@ struct cache_slot {
     uint8_t *data;
 };
 
+#define CACHE_STRIPES 64
+
 struct chunk_cache {
-    pthread_mutex_t lock;
+    pthread_mutex_t lock[CACHE_STRIPES];    /* slot i is guarded by lock[i % STRIPES] */
     size_t n;
     uint32_t chunk;
     struct cache_slot *slots;
@@ -50,13 +52,14 @@ static bool cache_get(struct chunk_cache *cc, int64_t id, uint8_t *out, uint32_t
     bool hit = false;
     if (!cc->n)
         return false;
-    pthread_mutex_lock(&cc->lock);
-    struct cache_slot *s = &cc->slots[(uint64_t)id % cc->n];
+    size_t i = (uint64_t)id % cc->n;
+    pthread_mutex_lock(&cc->lock[i % CACHE_STRIPES]);
+    struct cache_slot *s = &cc->slots[i];
     if (s->id == id && s->len == len && s->data) {
         memcpy(out, s->data, len);
         hit = true;
     }
-    pthread_mutex_unlock(&cc->lock);
+    pthread_mutex_unlock(&cc->lock[i % CACHE_STRIPES]);
     return hit;
 }
 
@@ -64,8 +67,9 @@ static void cache_put(struct chunk_cache *cc, int64_t id, const uint8_t *data, u
 {
     if (!cc->n)
         return;
-    pthread_mutex_lock(&cc->lock);
-    struct cache_slot *s = &cc->slots[(uint64_t)id % cc->n];
+    size_t i = (uint64_t)id % cc->n;
+    pthread_mutex_lock(&cc->lock[i % CACHE_STRIPES]);
+    struct cache_slot *s = &cc->slots[i];
     if (!s->data)
         s->data = malloc(cc->chunk);
     if (s->data) {
@@ -73,7 +77,7 @@ static void cache_put(struct chunk_cache *cc, int64_t id, const uint8_t *data, u
         s->id = id;
         s->len = len;
     }
-    pthread_mutex_unlock(&cc->lock);
+    pthread_mutex_unlock(&cc->lock[i % CACHE_STRIPES]);
 }
 
 /* ---- One served export (one per connection) ------------------------------- */
@@ -200,8 +204,10 @@ static int run_at(struct served *sp, struct window *w, int64_t point, uint64_t c
     return 0;
 }
 
-/* The plaintext of a chunk into out (sp->tmp or the caller's buffer). */
-static int load_chunk(struct served *sp, int64_t id, uint32_t len, uint8_t *out)
+/* The plaintext of a chunk into out (sp->tmp or the caller's buffer).
+ * Chunks read whole (a streaming copy) are not cached: what is cached is
+ * what small reads (a VM booting from the point) come back to. */
+static int load_chunk(struct served *sp, int64_t id, uint32_t len, uint8_t *out, bool keep)
 {
     struct catalog_chunk ch;
 
@@ -225,7 +231,8 @@ static int load_chunk(struct served *sp, int64_t id, uint32_t len, uint8_t *out)
     memcpy(e.hash, ch.hash, PACK_HASH_LEN);
     if (pack_reader_get(sp->reader, ch.pack, &e, out) < 0)
         return -1;
-    cache_put(&sp->sc->cache, id, out, len);
+    if (keep)
+        cache_put(&sp->sc->cache, id, out, len);
     return 0;
 }
 
@@ -247,10 +254,10 @@ static int served_read(void *handle, void *buf, uint64_t count, uint64_t offset)
         } else {
             uint8_t *dst = (uint8_t *)buf + (pos - offset);
             if (in == 0 && n == clen) {
-                if (load_chunk(sp, run.chunk_id, (uint32_t)clen, dst) < 0)
+                if (load_chunk(sp, run.chunk_id, (uint32_t)clen, dst, false) < 0)
                     goto fail;
             } else {
-                if (load_chunk(sp, run.chunk_id, (uint32_t)clen, sp->tmp) < 0)
+                if (load_chunk(sp, run.chunk_id, (uint32_t)clen, sp->tmp, true) < 0)
                     goto fail;
                 memcpy(dst, sp->tmp + in, n);
             }
@@ -491,7 +498,8 @@ int agent_serve(struct agent_repo *r, const struct agent_serve_opts *o)
     size_t cache = o->cache_bytes ? o->cache_bytes : DEFAULT_CACHE;
     int ret = -1;
 
-    pthread_mutex_init(&sc.cache.lock, NULL);
+    for (int i = 0; i < CACHE_STRIPES; i++)
+        pthread_mutex_init(&sc.cache.lock[i], NULL);
     sc.cache.chunk = r->chunk_size;
     sc.cache.n = cache / r->chunk_size;
     if (sc.cache.n < 4)
@@ -532,6 +540,7 @@ out:
     for (size_t i = 0; i < sc.cache.n; i++)
         free(sc.cache.slots[i].data);
     free(sc.cache.slots);
-    pthread_mutex_destroy(&sc.cache.lock);
+    for (int i = 0; i < CACHE_STRIPES; i++)
+        pthread_mutex_destroy(&sc.cache.lock[i]);
     return ret;
 }
