@@ -872,10 +872,17 @@ static int plan_and_read(struct backup *b)
                 if (!(bt = get_batch(b)))
                     break;
                 bt->first_cell = cell;
-                memset(bt->buf, 0, (size_t)maxcells * b->chunk);
             }
             unsigned i = bt->ncells++;
             bt->parent_chunk[i] = pchunk;
+            /* What the reads do not cover reads as zeroes (or comes from the
+             * parent's chunk, over zeroes). */
+            uint64_t covered = 0;
+            for (size_t r = 0; r < p.nreads; r++)
+                covered += p.reads[r].end - p.reads[r].start;
+            uint64_t clen = grid_cell_len(b->size, b->chunk, cell);
+            if (covered < clen)
+                memset(bt->buf + (size_t)i * b->chunk, 0, clen);
             for (size_t r = 0; r < p.nreads; r++) {
                 if (bt->nreads && bt->reads[bt->nreads - 1].end == p.reads[r].start)
                     bt->reads[bt->nreads - 1].end = p.reads[r].end;
