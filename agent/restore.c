@@ -29,6 +29,7 @@
 
 #define NBUFS 32
 #define WORKERS 2
+#define WRITEBACK_EVERY (64u * 1024 * 1024)
 
 struct item {
     struct item *next;
@@ -62,6 +63,7 @@ struct restore {
     char errmsg[1024];
     uint64_t written, zeroed;
     unsigned zeros_in_flight;
+    uint64_t unsynced;            /* bytes written since writeback was started */
     struct agent_progress progress;
 };
 
@@ -341,8 +343,16 @@ static void drain_done_file(struct restore *rs)
                     v->iov_len -= (size_t)w;
                 }
             }
-            if (left == 0)
+            if (left == 0) {
                 rs->written += total;
+                /* Start writeback as we go, so that the final fsync does not
+                 * find the whole disk still in the page cache. */
+                rs->unsynced += total;
+                if (rs->unsynced >= WRITEBACK_EVERY) {
+                    sync_file_range(rs->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+                    rs->unsynced = 0;
+                }
+            }
         }
         for (size_t k = i; k < j; k++)
             item_free(rs, its[k]);
