@@ -4,6 +4,7 @@
  * connection gets a deeper pipeline instead. */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,25 @@ struct nbd_pool {
     struct nbd_conn **c;
     unsigned n;
 };
+
+/* The thread of one extra connection's handshake. */
+struct extra_arg {
+    pthread_t tid;
+    bool started;
+    const char *uri;
+    struct nbd_conn_opts *o;
+    struct nbd_conn *c;
+    char err[256];
+};
+
+static void *open_extra(void *opaque)
+{
+    struct extra_arg *x = opaque;
+    x->c = nbd_connect_uri(x->uri, x->o);
+    if (!x->c)
+        snprintf(x->err, sizeof x->err, "%s", nbd_get_error());
+    return NULL;
+}
 
 struct nbd_pool *nbd_pool_open(const char *uri, const struct nbd_conn_opts *opts, unsigned n)
 {
@@ -41,25 +61,40 @@ struct nbd_pool *nbd_pool_open(const char *uri, const struct nbd_conn_opts *opts
     p->n = 1;
     if (n > 1 && nbd_can(p->c[0], NBD_FLAG_CAN_MULTI_CONN)) {
         /* A server may cap its connections below n (qemu-nbd --shared):
-         * stay with what could be opened. */
+         * stay with what could be opened.  The handshakes run in parallel,
+         * each in a thread of its own. */
         o.handshake_timeout_ms = EXTRA_CONN_TIMEOUT_MS;
+        struct extra_arg *x = calloc(n, sizeof *x);
+        if (!x) {
+            nbd_pool_close(p);
+            nbd_set_error(ENOMEM, "out of memory");
+            return NULL;
+        }
         for (unsigned i = 1; i < n; i++) {
-            struct nbd_conn *c = nbd_connect_uri(uri, &o);
-            if (!c) {
-                nbd_debug("multi-conn: staying at %u connection(s): %s", p->n, nbd_get_error());
-                break;
+            x[i].uri = uri;
+            x[i].o = &o;
+            x[i].started = pthread_create(&x[i].tid, NULL, open_extra, &x[i]) == 0;
+        }
+        for (unsigned i = 1; i < n; i++) {
+            if (x[i].started)
+                pthread_join(x[i].tid, NULL);
+        }
+        bool bad_size = false;
+        for (unsigned i = 1; i < n; i++) {
+            if (!x[i].c) {
+                if (x[i].started)
+                    nbd_debug("multi-conn: a connection failed: %s", x[i].err);
+                continue;
             }
-            if (nbd_get_size(c) != nbd_get_size(p->c[0])) {
-                nbd_close(p->c[0]);
-                for (unsigned j = 1; j < p->n; j++)
-                    nbd_close(p->c[j]);
-                nbd_close(c);
-                free(p->c);
-                free(p);
-                nbd_set_error(EPROTO, "multi-conn: connections disagree on the export size");
-                return NULL;
-            }
-            p->c[p->n++] = c;
+            if (nbd_get_size(x[i].c) != nbd_get_size(p->c[0]))
+                bad_size = true;
+            p->c[p->n++] = x[i].c;
+        }
+        free(x);
+        if (bad_size) {
+            nbd_pool_close(p);
+            nbd_set_error(EPROTO, "multi-conn: connections disagree on the export size");
+            return NULL;
         }
     } else if (n > 1) {
         unsigned depth = p->c[0]->opts.max_in_flight * n;
