@@ -403,8 +403,6 @@ static int join(char *out, size_t cap, const char *a, const char *b)
 
 /* ---- Writing ------------------------------------------------------------ */
 
-#define WRITEBACK_EVERY (4u * 1024 * 1024)
-
 struct pack_writer {
     char packs_dir[PATH_MAX];      /* repo_dir/packs */
     char sub_dir[PATH_MAX];        /* repo_dir/packs/xx */
@@ -420,7 +418,6 @@ struct pack_writer {
 
     uint8_t *buf;                  /* write buffer */
     size_t buf_len;
-    size_t unsynced;               /* bytes written since writeback was started */
     uint64_t offset;               /* bytes accepted (written or buffered) */
 
     struct pack_entry *entries;
@@ -454,13 +451,6 @@ static int writer_flush(struct pack_writer *w)
         return 0;
     if (write_full(w->fd, w->buf, w->buf_len) < 0)
         return writer_fail(w, errno);
-    /* Start writeback as the pack grows, so that its fsync at the end
-     * finds little left to write. */
-    w->unsynced += w->buf_len;
-    if (w->unsynced >= WRITEBACK_EVERY) {
-        sync_file_range(w->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-        w->unsynced = 0;
-    }
     w->buf_len = 0;
     return 0;
 }
