@@ -247,6 +247,17 @@ static struct pslot *pending_find(struct backup *b, const uint8_t *hash, int32_t
     return NULL;
 }
 
+/* Takes a pack off the live list (store_lock held). */
+static void live_remove(struct backup *b, struct pslot *ps)
+{
+    for (struct pslot **pp = &b->live; *pp; pp = &(*pp)->next_live) {
+        if (*pp == ps) {
+            *pp = ps->next_live;
+            return;
+        }
+    }
+}
+
 static void pslot_free(struct pslot *ps)
 {
     if (!ps)
@@ -347,12 +358,7 @@ out:
     /* Whatever happened, the pack leaves the live list; its rows become
      * ready (with their ids) on success. */
     pthread_mutex_lock(&b->store_lock);
-    for (struct pslot **pp = &b->live; *pp; pp = &(*pp)->next_live) {
-        if (*pp == ps) {
-            *pp = ps->next_live;
-            break;
-        }
-    }
+    live_remove(b, ps);
     for (size_t i = 0; ret == 0 && i < ps->rows.n; i++) {
         struct row r = ps->rows.r[i];
         r.chunk_id = ids[r.pending];
@@ -387,11 +393,7 @@ static void *committer_main(void *opaque)
             if (failed(b)) {
                 /* The backup failed: the pack is never recorded. */
                 pthread_mutex_lock(&b->store_lock);
-                for (struct pslot **pp = &b->live; *pp; pp = &(*pp)->next_live)
-                    if (*pp == ps) {
-                        *pp = ps->next_live;
-                        break;
-                    }
+                live_remove(b, ps);
                 pthread_mutex_unlock(&b->store_lock);
                 pslot_free(ps);
             } else if (commit_pack(b, ps) < 0) {
@@ -1143,9 +1145,8 @@ stop:
 
 abort:;
     /* Keep the error of the failure, not of the clean-up. */
-    int err = error_errno();
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", error_msg());
+    struct error_saved failure;
+    error_save(&failure);
     while (b->live) {
         struct pslot *ps = b->live;
         b->live = ps->next_live;
@@ -1154,17 +1155,16 @@ abort:;
     b->open = NULL;
     if (b->point > 0)
         catalog_point_abort(r->cat, b->point);
-    error_set(err, "%s", msg);
+    error_restore(&failure);
 out:
     catalog_map_close(b->pmap);
     catalog_close(b->wcat);
     if (locked) {
-        int err2 = error_errno();
-        char msg2[1024];
-        snprintf(msg2, sizeof msg2, "%s", error_msg());
+        struct error_saved e;
+        error_save(&e);
         catalog_unlock(r->cat, lockname);
         if (ret < 0)
-            error_set(err2, "%s", msg2);
+            error_restore(&e);
     }
     nbd_pool_close(b->pool);
     for (unsigned i = 0; i < NBATCHES; i++) {

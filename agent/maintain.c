@@ -334,12 +334,11 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
     ret = 0;
 out:
     if (locked) {
-        int err = error_errno();
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", error_msg());
+        struct error_saved e;
+        error_save(&e);
         catalog_unlock(r->cat, lockname);
         if (ret < 0)
-            error_set(err, "%s", msg);
+            error_restore(&e);
     }
     free(v.p);
     return ret;
@@ -351,7 +350,6 @@ struct gc {
     struct agent_repo *r;
     const struct agent_gc_opts *o;
     struct agent_gc_result *res;
-    struct idset live_packs;      /* packs with live chunks, kept or rewritten */
     struct {
         int64_t id;
         char name[80];
@@ -580,14 +578,12 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
         goto out;
     ret = 0;
 out:;
-    int err = error_errno();
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", error_msg());
+    struct error_saved e;
+    error_save(&e);
     catalog_unlock(r->cat, "gc");
     if (ret < 0)
-        error_set(err, "%s", msg);
+        error_restore(&e);
     free(g.packs);
     free(g.known);
-    free(g.live_packs.v);
     return ret;
 }

@@ -656,13 +656,11 @@ stop:
     res->seconds = agent_now() - t0;
     ret = 0;
 out:
-    if (ret < 0) {
-        int err = error_errno();
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", error_msg());
-        if (tmp)
-            unlink(tmp);
-        error_set(err, "%s", msg);
+    if (ret < 0 && tmp) {
+        struct error_saved e;
+        error_save(&e);
+        unlink(tmp);
+        error_restore(&e);
     }
     catalog_map_close(map);
     if (snapshot)

@@ -31,6 +31,17 @@ void error_set(int errnum, const char *fmt, ...)
     errno = errnum;
 }
 
+void error_save(struct error_saved *e)
+{
+    e->errnum = last_errno;
+    memcpy(e->msg, last_error, sizeof e->msg);
+}
+
+void error_restore(const struct error_saved *e)
+{
+    error_set(e->errnum, "%s", e->msg);
+}
+
 void error_prefix(const char *fmt, ...)
 {
     char old[ERRMAX];

@@ -13,4 +13,13 @@ void error_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *error_msg(void);   /* never NULL */
 int error_errno(void);
 
+/* Keeps the current error across clean-up code that may set its own:
+ *   struct error_saved e; error_save(&e); ...clean up...; error_restore(&e); */
+struct error_saved {
+    int errnum;
+    char msg[1024];
+};
+void error_save(struct error_saved *e);
+void error_restore(const struct error_saved *e);
+
 #endif
