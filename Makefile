@@ -10,7 +10,7 @@
 
 CC       ?= cc
 PREFIX   ?= /usr/local
-PKGS     := gnutls libzstd sqlite3 libcurl json-c inih zlib
+PKGS     := gnutls libzstd sqlite3 libcurl json-c inih libisal
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

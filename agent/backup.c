@@ -179,6 +179,7 @@ struct backup {
     pthread_t committer;
     bool committer_started;
     struct catalog *wcat;         /* the committer's handle (main's after it stops) */
+    uint64_t live_gen;            /* counts packs taken off the live list */
     uint64_t bytes_stored, chunks_new, chunks_reused;
 };
 
@@ -250,6 +251,7 @@ static struct pslot *pending_find(struct backup *b, const uint8_t *hash, int32_t
 /* Takes a pack off the live list (store_lock held). */
 static void live_remove(struct backup *b, struct pslot *ps)
 {
+    b->live_gen++;
     for (struct pslot **pp = &b->live; *pp; pp = &(*pp)->next_live) {
         if (*pp == ps) {
             *pp = ps->next_live;
@@ -457,6 +459,8 @@ struct worker {
     struct backup *b;
     pthread_t tid;
     struct catalog *cat;
+    bool in_snapshot;             /* cat holds a read snapshot ... */
+    uint64_t snapshot_gen;        /* ... taken at this live_gen */
     struct pack_reader *reader;
     ZSTD_CCtx *cctx;
     uint8_t *out;                 /* compressed chunk */
@@ -532,8 +536,24 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
         pthread_mutex_unlock(&b->store_lock);
         return r;
     }
+    uint64_t gen = b->live_gen;
     pthread_mutex_unlock(&b->store_lock);
 
+    /* Look-ups share one read snapshot (one set of locks, not one per
+     * statement).  A pack leaves the live list only after its chunks are
+     * committed, so a snapshot taken after the last removal this worker
+     * saw misses no chunk that was not pending. */
+    if (w->in_snapshot && w->snapshot_gen != gen) {
+        w->in_snapshot = false;
+        if (catalog_snapshot_end(w->cat) < 0)
+            return -1;
+    }
+    if (!w->in_snapshot) {
+        if (catalog_snapshot_begin(w->cat) < 0)
+            return -1;
+        w->in_snapshot = true;
+        w->snapshot_gen = gen;
+    }
     int f = catalog_chunk_find(w->cat, hash, &found);
     if (f < 0)
         return -1;
@@ -545,12 +565,13 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
         return r;
     }
 
+    const void *sbytes;
     size_t stored;
     uint8_t codec;
-    if (chunk_compress(w->cctx, b->level, data, len, w->out, w->outcap, &stored, &codec) < 0)
+    if (chunk_compress(w->cctx, b->level, data, len, w->out, w->outcap, &sbytes, &stored, &codec) < 0)
         return -1;
     struct pack_entry e = { .codec = codec, .stored_len = (uint32_t)stored,
-                            .plain_len = (uint32_t)len, .crc = chunk_crc(w->out, stored) };
+                            .plain_len = (uint32_t)len, .crc = chunk_crc(sbytes, stored) };
     memcpy(e.hash, hash, PACK_HASH_LEN);
 
     pthread_mutex_lock(&b->store_lock);
@@ -566,7 +587,7 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
         goto out;
     }
     ps = b->open;
-    if (pack_writer_add(ps->pw, &e, w->out) < 0) {
+    if (pack_writer_add(ps->pw, &e, sbytes) < 0) {
         ret = -1;
         goto out;
     }
@@ -611,6 +632,9 @@ static void *worker_main(void *opaque)
         struct batch *bt = b->work_head;
         if (!bt) {
             pthread_mutex_unlock(&b->lock);
+            if (w->in_snapshot)
+                catalog_snapshot_end(w->cat);
+            w->in_snapshot = false;
             return NULL;
         }
         b->work_head = bt->next;

@@ -418,6 +418,7 @@ static int rewrite_chunk(void *opaque, const struct catalog_chunk *ch)
     struct rewrite *rw = opaque;
     struct pack_entry e = { .codec = ch->codec, .stored_len = ch->stored_len,
                             .plain_len = ch->plain_len, .crc = ch->crc, .offset = ch->offset };
+    const void *sbytes;
     size_t stored;
     uint8_t codec;
 
@@ -427,12 +428,12 @@ static int rewrite_chunk(void *opaque, const struct catalog_chunk *ch)
     if (pack_reader_get(rw->reader, ch->pack, &e, rw->plain) < 0)
         return -1;
     if (chunk_compress(rw->cctx, AGENT_DEFAULT_COMPRESS_LEVEL, rw->plain, ch->plain_len, rw->stored,
-                       rw->storedcap, &stored, &codec) < 0)
+                       rw->storedcap, &sbytes, &stored, &codec) < 0)
         return -1;
     struct pack_entry ne = { .codec = codec, .stored_len = (uint32_t)stored,
-                             .plain_len = ch->plain_len, .crc = chunk_crc(rw->stored, stored) };
+                             .plain_len = ch->plain_len, .crc = chunk_crc(sbytes, stored) };
     memcpy(ne.hash, ch->hash, PACK_HASH_LEN);
-    if (pack_writer_add(rw->w, &ne, rw->stored) < 0)
+    if (pack_writer_add(rw->w, &ne, sbytes) < 0)
         return -1;
     if (rw->nmoved == rw->capmoved) {
         size_t cap = rw->capmoved ? rw->capmoved * 2 : 256;

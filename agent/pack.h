@@ -29,16 +29,16 @@
 void chunk_hash(const void *data, size_t len, uint8_t out[PACK_HASH_LEN]);
 /* Lower-case hex of a hash, for messages (65 bytes with the NUL). */
 void chunk_hash_hex(const uint8_t hash[PACK_HASH_LEN], char out[65]);
-/* CRC-32 (zlib's) of stored bytes. */
+/* CRC-32 (the IEEE polynomial, reflected: zlib's crc32()) of stored bytes. */
 uint32_t chunk_crc(const void *data, size_t len);
 
 /* Compresses in[len] with zstd at level into out (cap >= chunk_bound(len)).
- * Returns the stored length and sets *codec: CHUNK_CODEC_RAW (a copy) when
- * compression would not shrink it.  cctx: a ZSTD_CCtx * owned by the caller
+ * Sets *stored to what to store and its length: out with CHUNK_CODEC_ZSTD,
+ * or in itself with CHUNK_CODEC_RAW when compression would not shrink it.  cctx: a ZSTD_CCtx * owned by the caller
  * (one per thread). */
 size_t chunk_bound(size_t len);
 int chunk_compress(void *cctx, int level, const void *in, size_t len, void *out, size_t cap,
-                   size_t *stored_len, uint8_t *codec);
+                   const void **stored, size_t *stored_len, uint8_t *codec);
 /* Decodes a stored chunk into out[plain_len] and checks its CRC and its id:
  * a damaged chunk fails with EIO and a message naming it. */
 int chunk_decode(void *dctx, uint8_t codec, const void *stored, size_t stored_len, uint32_t crc,

@@ -159,8 +159,11 @@ static void make_entry(struct fx *f, const uint8_t *plain, size_t len, struct pa
     memset(e, 0, sizeof *e);
     *stored = malloc(chunk_bound(len) + 1);
     assert_non_null(*stored);
-    assert_int_equal(chunk_compress(f->cctx, 3, plain, len, *stored, chunk_bound(len),
+    const void *sp;
+    assert_int_equal(chunk_compress(f->cctx, 3, plain, len, *stored, chunk_bound(len), &sp,
                                     &stored_len, &e->codec), 0);
+    if (sp != *stored)
+        memcpy(*stored, sp, stored_len);
     chunk_hash(plain, len, e->hash);
     e->plain_len = (uint32_t)len;
     e->stored_len = (uint32_t)stored_len;
@@ -313,13 +316,17 @@ static void roundtrip(struct fx *f, const uint8_t *in, size_t len, int level, ui
 
     assert_non_null(stored);
     assert_non_null(out);
-    if (chunk_compress(f->cctx, level, in, len, stored, cap, &stored_len, &codec) != 0)
+    const void *sp = NULL;
+    if (chunk_compress(f->cctx, level, in, len, stored, cap, &sp, &stored_len, &codec) != 0)
         fail_msg("chunk_compress: %s", error_msg());
     assert_int_equal(codec, want_codec);
     if (codec == CHUNK_CODEC_RAW) {
+        /* Stored as it is, without a copy. */
+        assert_ptr_equal(sp, in);
         assert_int_equal(stored_len, len);
-        assert_memory_equal(stored, in, len);
+        memcpy(stored, sp, len);
     } else {
+        assert_ptr_equal(sp, stored);
         assert_true(stored_len < len);
     }
     chunk_hash(in, len, hash);
@@ -366,13 +373,14 @@ static void test_bound(void **state)
     static const size_t sizes[] = { 0, 1, 100, 4096, 65536, 1024 * 1024, 16 * 1024 * 1024 };
     uint8_t in[256], out[256], codec;
     size_t stored_len;
+    const void *sp;
 
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         assert_true(chunk_bound(sizes[i]) >= sizes[i]);
         assert_true(chunk_bound(sizes[i]) >= ZSTD_compressBound(sizes[i]));
     }
     fill_random(in, sizeof in, 3);
-    expect_error(chunk_compress(f->cctx, 3, in, sizeof in, out, chunk_bound(sizeof in) - 1,
+    expect_error(chunk_compress(f->cctx, 3, in, sizeof in, out, chunk_bound(sizeof in) - 1, &sp,
                                 &stored_len, &codec),
                  EINVAL, "too small", NULL);
 }
@@ -389,9 +397,11 @@ static void test_decode_damage(void **state)
     fill_text(in, len, 4);
     chunk_hash(in, len, hash);
     chunk_hash_hex(hash, hex);
-    assert_int_equal(chunk_compress(f->cctx, 3, in, len, stored, chunk_bound(len), &stored_len,
-                                    &codec), 0);
+    const void *sp;
+    assert_int_equal(chunk_compress(f->cctx, 3, in, len, stored, chunk_bound(len), &sp,
+                                    &stored_len, &codec), 0);
     assert_int_equal(codec, CHUNK_CODEC_ZSTD);
+    assert_ptr_equal(sp, stored);
     crc = chunk_crc(stored, stored_len);
 
     /* A flipped stored byte: the CRC says so before zstd sees it. */
