@@ -33,6 +33,10 @@
 #define NBATCHES 32
 #define MAX_BATCH_CELLS 16
 #define WINDOW_BYTES (UINT64_C(256) << 20)
+/* count_planned keeps up to this many extents (24 bytes each) for
+ * plan_and_read, over up to this many windows (16 TiB). */
+#define PLAN_CACHE_EXTENTS (128u * 1024)
+#define PLAN_CACHE_WINDOWS 65536
 #define ROW_FLUSH 8192
 #define PACK_MAX_ENTRIES 65536
 #define PENDING_SLOTS (2 * PACK_MAX_ENTRIES)
@@ -69,6 +73,16 @@ static int collect(void *opaque, const char *ctx, uint64_t off, const struct nbd
             return -1;
     return 0;
 }
+
+/* Block status of one window (or of all, in the plan cache). */
+struct window {
+    struct extv alloc, dirty;
+};
+
+/* Where one window's extents start in the plan cache. */
+struct plan_first {
+    size_t alloc, dirty;
+};
 
 /* ---- Catalog rows ----------------------------------------------------------- */
 
@@ -180,6 +194,11 @@ struct backup {
     bool committer_started;
     struct catalog *wcat;         /* the committer's handle (main's after it stops) */
     uint64_t live_gen;            /* counts packs taken off the live list */
+    struct {                      /* count_planned's extents, kept for plan_and_read */
+        struct window ext;
+        struct plan_first *first; /* per window: its first extents; [nwin] the ends */
+        bool valid;
+    } cache;
     uint64_t bytes_stored, chunks_new, chunks_reused;
 };
 
@@ -780,14 +799,10 @@ static int parent_chunk(struct backup *b, uint64_t cell, int64_t *chunk)
     return 0;
 }
 
-struct window {
-    struct extv alloc, dirty;
-};
-
+/* Appends block status of [ws, we) to w's lists. */
 static int load_window(struct backup *b, struct window *w, uint64_t ws, uint64_t we)
 {
     struct nbd_conn *c = nbd_pool_conn(b->pool, 0);
-    w->alloc.n = w->dirty.n = 0;
     if (b->have_alloc &&
         nbd_block_status_walk(c, NBD_CONTEXT_BASE_ALLOCATION, ws, we - ws, true, collect, &w->alloc) < 0) {
         error_prefix("block status (base:allocation) of %s: ", b->o->uri);
@@ -801,27 +816,57 @@ static int load_window(struct backup *b, struct window *w, uint64_t ws, uint64_t
     return 0;
 }
 
-/* The planner's view of a loaded window, its cursors at the start. */
-static struct grid_input window_input(const struct backup *b, const struct window *w)
+/* The extents of w from index a (alloc) and d (dirty) to index ea / ed, as
+ * the planner's input with its cursors at the start. */
+static struct grid_input extents_input(const struct backup *b, const struct window *w, size_t a,
+                                       size_t ea, size_t d, size_t ed)
 {
     return (struct grid_input){ .full = b->full, .have_alloc = b->have_alloc,
-                                .alloc = { w->alloc.e, w->alloc.n, 0 },
-                                .dirty = { w->dirty.e, w->dirty.n, 0 } };
+                                .alloc = { w->alloc.e ? w->alloc.e + a : NULL, ea - a, 0 },
+                                .dirty = { w->dirty.e ? w->dirty.e + d : NULL, ed - d, 0 } };
 }
 
-/* bytes_planned: what the plan will read, from one pass over block status. */
+static void plan_cache_free(struct backup *b)
+{
+    free(b->cache.ext.alloc.e);
+    free(b->cache.ext.dirty.e);
+    free(b->cache.first);
+    memset(&b->cache, 0, sizeof b->cache);
+}
+
+/* bytes_planned: what the plan will read, from one pass over block status.
+ * The extents are kept for plan_and_read when they are few enough (the
+ * usual case: one round of block status instead of two); beyond
+ * PLAN_CACHE_EXTENTS, plan_and_read asks again window by window. */
 static int count_planned(struct backup *b)
 {
     struct window w = { 0 };
+    size_t nwin = (size_t)((b->size + WINDOW_BYTES - 1) / WINDOW_BYTES), k = 0;
     int ret = -1;
 
-    for (uint64_t ws = 0; ws < b->size; ws += WINDOW_BYTES) {
+    /* NBDVAULT_PLAN_CACHE_EXTENTS: a smaller limit, so that tests can take
+     * the path of a disk with too many extents to keep. */
+    const char *lim = getenv("NBDVAULT_PLAN_CACHE_EXTENTS");
+    size_t max_extents = lim ? strtoul(lim, NULL, 10) : PLAN_CACHE_EXTENTS;
+
+    b->cache.first = nwin <= PLAN_CACHE_WINDOWS ? calloc(nwin + 1, sizeof *b->cache.first) : NULL;
+    b->cache.valid = b->cache.first != NULL;
+    for (uint64_t ws = 0; ws < b->size; ws += WINDOW_BYTES, k++) {
         uint64_t we = b->size - ws < WINDOW_BYTES ? b->size : ws + WINDOW_BYTES;
-        if (load_window(b, &w, ws, we) < 0)
+        struct window *dst = b->cache.valid ? &b->cache.ext : &w;
+        size_t a0 = dst->alloc.n, d0 = dst->dirty.n;
+        if (b->cache.valid)
+            b->cache.first[k] = (struct plan_first){ a0, d0 };
+        if (load_window(b, dst, ws, we) < 0)
             goto out;
-        struct grid_input in = window_input(b, &w);
+        struct grid_input in = extents_input(b, dst, a0, dst->alloc.n, d0, dst->dirty.n);
         b->planned += grid_planned(&in, b->size, b->chunk, ws, we);
+        if (b->cache.valid && b->cache.ext.alloc.n + b->cache.ext.dirty.n > max_extents)
+            plan_cache_free(b); /* too many: plan_and_read asks again */
+        w.alloc.n = w.dirty.n = 0;
     }
+    if (b->cache.valid)
+        b->cache.first[k] = (struct plan_first){ b->cache.ext.alloc.n, b->cache.ext.dirty.n };
     ret = 0;
 out:
     free(w.alloc.e);
@@ -856,13 +901,21 @@ static int plan_and_read(struct backup *b)
     struct grid_plan p;
     int ret = -1;
 
-    for (uint64_t ws = 0; ws < b->size && !failed(b); ws += WINDOW_BYTES) {
+    size_t k = 0;
+    for (uint64_t ws = 0; ws < b->size && !failed(b); ws += WINDOW_BYTES, k++) {
         uint64_t we = b->size - ws < WINDOW_BYTES ? b->size : ws + WINDOW_BYTES;
-        if (load_window(b, &w, ws, we) < 0) {
-            fail(b, error_errno(), "%s", error_msg());
-            break;
+        struct grid_input in;
+        if (b->cache.valid) {
+            struct plan_first f0 = b->cache.first[k], f1 = b->cache.first[k + 1];
+            in = extents_input(b, &b->cache.ext, f0.alloc, f1.alloc, f0.dirty, f1.dirty);
+        } else {
+            w.alloc.n = w.dirty.n = 0;
+            if (load_window(b, &w, ws, we) < 0) {
+                fail(b, error_errno(), "%s", error_msg());
+                break;
+            }
+            in = extents_input(b, &w, 0, w.alloc.n, 0, w.dirty.n);
         }
-        struct grid_input in = window_input(b, &w);
         for (uint64_t cell = grid_cell_of(b->chunk, ws);
              grid_cell_start(b->chunk, cell) < we && !failed(b); cell++) {
             uint64_t cs = grid_cell_start(b->chunk, cell);
@@ -1181,6 +1234,7 @@ abort:;
         catalog_point_abort(r->cat, b->point);
     error_restore(&failure);
 out:
+    plan_cache_free(b);
     catalog_map_close(b->pmap);
     catalog_close(b->wcat);
     if (locked) {
