@@ -167,6 +167,7 @@ with open(sys.argv[2], "wb") as out:
             l -= k
 PY
 cat "$data_only" > /dev/null
+PREP=
 t_compress_alone=$(median bash -c "zstd -1 -T2 -q -c '$data_only' > /dev/null")
 data_only_bytes=$(stat -c %s "$data_only")
 rm -f "$data_only"
