@@ -33,10 +33,9 @@
 #define NBATCHES 32
 #define MAX_BATCH_CELLS 16
 #define WINDOW_BYTES (UINT64_C(256) << 20)
-/* count_planned keeps up to this many extents (24 bytes each) for
- * plan_and_read, over up to this many windows (16 TiB). */
-#define PLAN_CACHE_EXTENTS (128u * 1024)
-#define PLAN_CACHE_WINDOWS 65536
+/* count_planned keeps up to this many extents of each context (24 bytes
+ * each) for plan_and_read. */
+#define PLAN_CACHE_EXTENTS (64u * 1024)
 #define ROW_FLUSH 8192
 #define PACK_MAX_ENTRIES 65536
 #define PENDING_SLOTS (2 * PACK_MAX_ENTRIES)
@@ -47,6 +46,8 @@
 struct extv {
     struct grid_extent *e;
     size_t n, cap;
+    size_t limit;                 /* 0, or the most extents to take ... */
+    bool over;                    /* ... and whether there were more */
 };
 
 static int extv_push(struct extv *v, uint64_t off, uint64_t len, uint64_t flags)
@@ -68,20 +69,21 @@ static int extv_push(struct extv *v, uint64_t off, uint64_t len, uint64_t flags)
 static int collect(void *opaque, const char *ctx, uint64_t off, const struct nbd_extent *e, size_t n)
 {
     struct extv *v = opaque;
-    for (size_t i = 0; i < n; off += e[i].length, i++)
+    for (size_t i = 0; i < n; off += e[i].length, i++) {
+        if (v->limit && v->n == v->limit) {
+            v->over = true;
+            error_set(E2BIG, "more than %zu extents of %s", v->limit, ctx);
+            return -1;
+        }
         if (extv_push(v, off, e[i].length, e[i].flags) < 0)
             return -1;
+    }
     return 0;
 }
 
 /* Block status of one window (or of all, in the plan cache). */
 struct window {
     struct extv alloc, dirty;
-};
-
-/* Where one window's extents start in the plan cache. */
-struct plan_first {
-    size_t alloc, dirty;
 };
 
 /* ---- Catalog rows ----------------------------------------------------------- */
@@ -195,8 +197,7 @@ struct backup {
     struct catalog *wcat;         /* the committer's handle (main's after it stops) */
     uint64_t live_gen;            /* counts packs taken off the live list */
     struct {                      /* count_planned's extents, kept for plan_and_read */
-        struct window ext;
-        struct plan_first *first; /* per window: its first extents; [nwin] the ends */
+        struct window ext;        /* of the whole disk */
         bool valid;
     } cache;
     uint64_t bytes_stored, chunks_new, chunks_reused;
@@ -830,43 +831,46 @@ static void plan_cache_free(struct backup *b)
 {
     free(b->cache.ext.alloc.e);
     free(b->cache.ext.dirty.e);
-    free(b->cache.first);
     memset(&b->cache, 0, sizeof b->cache);
 }
 
-/* bytes_planned: what the plan will read, from one pass over block status.
- * The extents are kept for plan_and_read when they are few enough (the
- * usual case: one round of block status instead of two); beyond
- * PLAN_CACHE_EXTENTS, plan_and_read asks again window by window. */
+/* bytes_planned: what the plan will read.  Block status of the whole disk
+ * is asked for at once and kept for plan_and_read (the usual case: a few
+ * requests in all, one round trip each); a disk with more than
+ * PLAN_CACHE_EXTENTS extents is counted window by window instead, and
+ * plan_and_read asks again for each window, so that memory stays bounded. */
 static int count_planned(struct backup *b)
 {
     struct window w = { 0 };
-    size_t nwin = (size_t)((b->size + WINDOW_BYTES - 1) / WINDOW_BYTES), k = 0;
     int ret = -1;
 
     /* NBDVAULT_PLAN_CACHE_EXTENTS: a smaller limit, so that tests can take
      * the path of a disk with too many extents to keep. */
     const char *lim = getenv("NBDVAULT_PLAN_CACHE_EXTENTS");
-    size_t max_extents = lim ? strtoul(lim, NULL, 10) : PLAN_CACHE_EXTENTS;
+    size_t limit = lim ? strtoul(lim, NULL, 10) : PLAN_CACHE_EXTENTS;
 
-    b->cache.first = nwin <= PLAN_CACHE_WINDOWS ? calloc(nwin + 1, sizeof *b->cache.first) : NULL;
-    b->cache.valid = b->cache.first != NULL;
-    for (uint64_t ws = 0; ws < b->size; ws += WINDOW_BYTES, k++) {
-        uint64_t we = b->size - ws < WINDOW_BYTES ? b->size : ws + WINDOW_BYTES;
-        struct window *dst = b->cache.valid ? &b->cache.ext : &w;
-        size_t a0 = dst->alloc.n, d0 = dst->dirty.n;
-        if (b->cache.valid)
-            b->cache.first[k] = (struct plan_first){ a0, d0 };
-        if (load_window(b, dst, ws, we) < 0)
-            goto out;
-        struct grid_input in = extents_input(b, dst, a0, dst->alloc.n, d0, dst->dirty.n);
-        b->planned += grid_planned(&in, b->size, b->chunk, ws, we);
-        if (b->cache.valid && b->cache.ext.alloc.n + b->cache.ext.dirty.n > max_extents)
-            plan_cache_free(b); /* too many: plan_and_read asks again */
-        w.alloc.n = w.dirty.n = 0;
+    if (limit) {
+        struct window *c = &b->cache.ext;
+        c->alloc.limit = c->dirty.limit = limit;
+        if (load_window(b, c, 0, b->size) == 0) {
+            b->cache.valid = true;
+            struct grid_input in = extents_input(b, c, 0, c->alloc.n, 0, c->dirty.n);
+            b->planned = grid_planned(&in, b->size, b->chunk, 0, b->size);
+            return 0;
+        }
+        bool over = c->alloc.over || c->dirty.over;
+        plan_cache_free(b);
+        if (!over)
+            return -1;
     }
-    if (b->cache.valid)
-        b->cache.first[k] = (struct plan_first){ b->cache.ext.alloc.n, b->cache.ext.dirty.n };
+    for (uint64_t ws = 0; ws < b->size; ws += WINDOW_BYTES) {
+        uint64_t we = b->size - ws < WINDOW_BYTES ? b->size : ws + WINDOW_BYTES;
+        w.alloc.n = w.dirty.n = 0;
+        if (load_window(b, &w, ws, we) < 0)
+            goto out;
+        struct grid_input in = extents_input(b, &w, 0, w.alloc.n, 0, w.dirty.n);
+        b->planned += grid_planned(&in, b->size, b->chunk, ws, we);
+    }
     ret = 0;
 out:
     free(w.alloc.e);
@@ -901,13 +905,14 @@ static int plan_and_read(struct backup *b)
     struct grid_plan p;
     int ret = -1;
 
-    size_t k = 0;
-    for (uint64_t ws = 0; ws < b->size && !failed(b); ws += WINDOW_BYTES, k++) {
-        uint64_t we = b->size - ws < WINDOW_BYTES ? b->size : ws + WINDOW_BYTES;
+    /* With the extents kept, the whole disk is one window. */
+    uint64_t span = b->cache.valid ? b->size : WINDOW_BYTES;
+    for (uint64_t ws = 0; ws < b->size && !failed(b); ws += span) {
+        uint64_t we = b->size - ws < span ? b->size : ws + span;
         struct grid_input in;
         if (b->cache.valid) {
-            struct plan_first f0 = b->cache.first[k], f1 = b->cache.first[k + 1];
-            in = extents_input(b, &b->cache.ext, f0.alloc, f1.alloc, f0.dirty, f1.dirty);
+            const struct window *c = &b->cache.ext;
+            in = extents_input(b, c, 0, c->alloc.n, 0, c->dirty.n);
         } else {
             w.alloc.n = w.dirty.n = 0;
             if (load_window(b, &w, ws, we) < 0) {
