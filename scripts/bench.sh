@@ -3,7 +3,7 @@
 # run, and writes the table into docs/BENCHMARKS.md.
 #
 #   scripts/bench.sh            (make bench)
-#   BENCH_RUNS=5 BENCH_DIR=/var/tmp/nbdvault-bench scripts/bench.sh
+#   BENCH_RUNS=5 BENCH_FAST_RUNS=15 BENCH_DIR=/var/tmp/nbdvault-bench scripts/bench.sh
 #
 # The reference disk (cached in $BENCH_DIR): a 4 GiB qcow2 holding about
 # 1.5 GiB of real files (a tar of /usr), 512 MiB of random data, the rest
@@ -14,6 +14,7 @@
 set -euo pipefail
 NBDVAULT=${NBDVAULT:-$(pwd)/nbdvault}
 RUNS=${BENCH_RUNS:-3}
+FAST_RUNS=${BENCH_FAST_RUNS:-9}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/nbdvault-bench}
 OUT_MD=${BENCH_OUT:-docs/BENCHMARKS.md}
 PY=/usr/bin/python3
@@ -113,6 +114,30 @@ median() {
     done
     printf '%s\n' "${t[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
 }
+# pair N PREP_A CMD_A PREP_B CMD_B: runs A and B alternately, N times each
+# (each PREP untimed before its run, a sync before every run; the commands
+# are shell text) and prints the median wall times of A and of B.  Taking
+# turns, both sides see the same drift of this machine's disk.
+timed() {
+    local s e
+    [ -n "$1" ] && eval "$1"
+    sync
+    s=$(now)
+    eval "$2" > /dev/null || { log "bench: failed: $2"; return 1; }
+    e=$(now)
+    echo "$e - $s" | bc -l
+}
+med() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+pair() {
+    local n=$1 i ta=() tb=()
+    for i in $(seq "$n"); do
+        ta+=("$(timed "$2" "$3")") || return 1
+        tb+=("$(timed "$4" "$5")") || return 1
+    done
+    echo "$(med "${ta[@]}") $(med "${tb[@]}")"
+}
+# got VAR...: stops the bench when a pair left a time unset (it failed).
+got() { local v; for v in "$@"; do [ -n "${!v:-}" ] || { log "bench: no time for $v"; exit 1; }; done; }
 peak_rss_mib() {   # peak_rss_mib CMD...
     /usr/bin/time -f '%M' -o "$work/rss" "$@" > /dev/null 2>&1
     echo $(( $(tail -n 1 "$work/rss") / 1024 ))
@@ -122,9 +147,11 @@ ratio() { echo "scale=2; $1 / $2" | bc -l; }
 # ---- Full backup ------------------------------------------------------------------
 
 log "bench: full backup"
-t_nbdcopy_zstd=$(median bash -c "nbdcopy '$before' - | zstd -1 -T2 -q > $work/pipe.zst")
+read -r t_nbdcopy_zstd t_full < <(pair "$RUNS" \
+    "" "nbdcopy '$before' - | zstd -1 -T2 -q > '$work/pipe.zst'" \
+    "rm -rf '$work/repo'" "'$NBDVAULT' backup '$before' --repo '$work/repo' --disk d")
+got t_nbdcopy_zstd t_full
 t_nbdcopy_null=$(median nbdcopy "$before" null:)
-PREP="rm -rf $work/repo" t_full=$(median "$NBDVAULT" backup "$before" --repo "$work/repo" --disk d)
 rm -rf "$work/repo"
 "$NBDVAULT" backup "$before" --repo "$work/repo" --disk d --json > "$work/full.json"
 rss_backup=$(PREP= peak_rss_mib "$NBDVAULT" backup "$before" --repo "$work/rss-repo" --disk d)
@@ -215,11 +242,13 @@ for o, l in dirty:
 print(total)
 PY
 cp -a "$work/repo" "$work/repo-full"
-t_walk=$(median $PY "$work/walk.py" "$src")
 # The packs are immutable: hard links give each run the full point without
-# writing 1.2 GB of copies; the catalog is copied.
-PREP="rm -rf $work/repo; mkdir $work/repo; cp -al $work/repo-full/packs $work/repo/packs; cp $work/repo-full/catalog.db* $work/repo/" \
-    t_incr=$(median "$NBDVAULT" backup "$src" --repo "$work/repo" --disk d --bitmap b0)
+# writing 1.2 GB of copies; the catalog is copied.  Runs of a tenth of a
+# second move by ±10 ms here: more of them.
+read -r t_walk t_incr < <(pair "$FAST_RUNS" "" "$PY '$work/walk.py' '$src'" \
+    "rm -rf '$work/repo'; mkdir '$work/repo'; cp -al '$work/repo-full/packs' '$work/repo/packs'; cp '$work/repo-full'/catalog.db* '$work/repo/'" \
+    "'$NBDVAULT' backup '$src' --repo '$work/repo' --disk d --bitmap b0")
+got t_walk t_incr
 rm -rf "$work/repo"
 mkdir "$work/repo"
 cp -al "$work/repo-full/packs" "$work/repo/packs"
@@ -245,9 +274,10 @@ full_stored=$(jget "$work/full.json" bytes_stored)
 log "bench: restore"
 # A restore returns once its output is durable (fsync); qemu-img convert
 # does not sync, so its run includes a sync of the file it wrote.
-PREP="rm -f $work/out.raw" t_convert=$(median bash -c "qemu-img convert -f qcow2 -O raw '$disk.before' '$work/out.raw' && sync '$work/out.raw'")
-PREP="rm -f $work/out.raw" t_restore=$(median "$NBDVAULT" restore --repo "$work/repo" --disk d \
-    --point "$full_point" --output "$work/out.raw")
+read -r t_convert t_restore < <(pair "$RUNS" \
+    "rm -f '$work/out.raw'" "qemu-img convert -f qcow2 -O raw '$disk.before' '$work/out.raw' && sync '$work/out.raw'" \
+    "rm -f '$work/out.raw'" "'$NBDVAULT' restore --repo '$work/repo' --disk d --point '$full_point' --output '$work/out.raw'")
+got t_convert t_restore
 rm -f "$work/out.raw"
 rss_restore=$(peak_rss_mib "$NBDVAULT" restore --repo "$work/repo" --disk d --point "$full_point" \
     --output "$work/out.raw")
@@ -264,8 +294,9 @@ log "bench: serve"
 vault=$!
 pids+=("$vault")
 for _ in $(seq 100); do [ -S "$work/vault.sock" ] && break; sleep 0.05; done
-t_qemu_read=$(median nbdcopy "$before" null:)
-t_vault_read=$(median nbdcopy "nbd+unix:///d@$full_point?socket=$work/vault.sock" null:)
+read -r t_qemu_read t_vault_read < <(pair "$RUNS" "" "nbdcopy '$before' null:" \
+    "" "nbdcopy 'nbd+unix:///d@$full_point?socket=$work/vault.sock' null:")
+got t_qemu_read t_vault_read
 rss_serve=$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$vault/status")
 kill "$vault"
 wait "$vault" 2>/dev/null || :
@@ -287,7 +318,8 @@ ok() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "yes"; else echo "**no**"; f
     echo "# Benchmarks"
     echo
     echo "Written by \`scripts/bench.sh\` (\`make bench\`) on $(date -u +%Y-%m-%d): $cores cores ($cpu),"
-    echo "median of $RUNS runs.  The disk: 4 GiB qcow2, 1.5 GiB of a tar of /usr, 512 MiB of"
+    echo "median of $RUNS runs ($FAST_RUNS for the incremental), each tool taking turns with"
+    echo "what it is compared with.  The disk: 4 GiB qcow2, 1.5 GiB of a tar of /usr, 512 MiB of"
     echo "random data, the rest holes; the bitmap b0 holds 1% of the disk as scattered 64 KiB"
     echo "granules; qemu-nbd --shared=8 on a Unix socket.  Ratios compare with the tool a"
     echo "user would use instead, measured in the same run."
