@@ -817,14 +817,12 @@ static int load_window(struct backup *b, struct window *w, uint64_t ws, uint64_t
     return 0;
 }
 
-/* The extents of w from index a (alloc) and d (dirty) to index ea / ed, as
- * the planner's input with its cursors at the start. */
-static struct grid_input extents_input(const struct backup *b, const struct window *w, size_t a,
-                                       size_t ea, size_t d, size_t ed)
+/* The planner's view of loaded extents, its cursors at the start. */
+static struct grid_input extents_input(const struct backup *b, const struct window *w)
 {
     return (struct grid_input){ .full = b->full, .have_alloc = b->have_alloc,
-                                .alloc = { w->alloc.e ? w->alloc.e + a : NULL, ea - a, 0 },
-                                .dirty = { w->dirty.e ? w->dirty.e + d : NULL, ed - d, 0 } };
+                                .alloc = { w->alloc.e, w->alloc.n, 0 },
+                                .dirty = { w->dirty.e, w->dirty.n, 0 } };
 }
 
 static void plan_cache_free(struct backup *b)
@@ -854,7 +852,7 @@ static int count_planned(struct backup *b)
         c->alloc.limit = c->dirty.limit = limit;
         if (load_window(b, c, 0, b->size) == 0) {
             b->cache.valid = true;
-            struct grid_input in = extents_input(b, c, 0, c->alloc.n, 0, c->dirty.n);
+            struct grid_input in = extents_input(b, c);
             b->planned = grid_planned(&in, b->size, b->chunk, 0, b->size);
             return 0;
         }
@@ -868,7 +866,7 @@ static int count_planned(struct backup *b)
         w.alloc.n = w.dirty.n = 0;
         if (load_window(b, &w, ws, we) < 0)
             goto out;
-        struct grid_input in = extents_input(b, &w, 0, w.alloc.n, 0, w.dirty.n);
+        struct grid_input in = extents_input(b, &w);
         b->planned += grid_planned(&in, b->size, b->chunk, ws, we);
     }
     ret = 0;
@@ -912,14 +910,14 @@ static int plan_and_read(struct backup *b)
         struct grid_input in;
         if (b->cache.valid) {
             const struct window *c = &b->cache.ext;
-            in = extents_input(b, c, 0, c->alloc.n, 0, c->dirty.n);
+            in = extents_input(b, c);
         } else {
             w.alloc.n = w.dirty.n = 0;
             if (load_window(b, &w, ws, we) < 0) {
                 fail(b, error_errno(), "%s", error_msg());
                 break;
             }
-            in = extents_input(b, &w, 0, w.alloc.n, 0, w.dirty.n);
+            in = extents_input(b, &w);
         }
         for (uint64_t cell = grid_cell_of(b->chunk, ws);
              grid_cell_start(b->chunk, cell) < we && !failed(b); cell++) {
