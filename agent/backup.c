@@ -27,6 +27,7 @@
 #include "agent/internal.h"
 #include "agent/pack.h"
 #include "common/error.h"
+#include "common/vec.h"
 #include "nbdcore/nbdcore.h"
 
 #define BATCH_BYTES (1u << 20)
@@ -52,16 +53,8 @@ struct extv {
 
 static int extv_push(struct extv *v, uint64_t off, uint64_t len, uint64_t flags)
 {
-    if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 256;
-        struct grid_extent *ne = realloc(v->e, cap * sizeof *ne);
-        if (!ne) {
-            error_set(ENOMEM, "out of memory");
-            return -1;
-        }
-        v->e = ne;
-        v->cap = cap;
-    }
+    if (VEC_RESERVE(v->e, v->n, v->cap, 256) < 0)
+        return -1;
     v->e[v->n++] = (struct grid_extent){ off, len, flags };
     return 0;
 }
@@ -109,16 +102,8 @@ static int rowv_push(struct rowv *v, struct row r)
         v->r[v->n - 1].count += r.count;
         return 0;
     }
-    if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 1024;
-        struct row *nr = realloc(v->r, cap * sizeof *nr);
-        if (!nr) {
-            error_set(ENOMEM, "out of memory");
-            return -1;
-        }
-        v->r = nr;
-        v->cap = cap;
-    }
+    if (VEC_RESERVE(v->r, v->n, v->cap, 1024) < 0)
+        return -1;
     v->r[v->n++] = r;
     return 0;
 }
@@ -860,16 +845,8 @@ out:
 static int add_fills(struct batch *bt, unsigned i, uint64_t cs, const struct grid_plan *p)
 {
     for (size_t f = 0; f < p->nfills; f++) {
-        if (bt->nfills == bt->capfills) {
-            size_t cap = bt->capfills ? bt->capfills * 2 : 64;
-            struct fill *nf = realloc(bt->fills, cap * sizeof *nf);
-            if (!nf) {
-                error_set(ENOMEM, "out of memory");
-                return -1;
-            }
-            bt->fills = nf;
-            bt->capfills = cap;
-        }
+        if (VEC_RESERVE(bt->fills, bt->nfills, bt->capfills, 64) < 0)
+            return -1;
         bt->fills[bt->nfills++] = (struct fill){ i, (uint32_t)(p->fills[f].start - cs),
                                                  (uint32_t)(p->fills[f].end - p->fills[f].start) };
     }

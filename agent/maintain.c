@@ -10,6 +10,7 @@
 #include "agent/internal.h"
 #include "agent/pack.h"
 #include "common/error.h"
+#include "common/vec.h"
 
 /* ---- A small set of ids ------------------------------------------------- */
 
@@ -30,16 +31,8 @@ static int idset_add(struct idset *s, int64_t id)
 {
     if (idset_has(s, id))
         return 0;
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 16;
-        int64_t *nv = realloc(s->v, cap * sizeof *nv);
-        if (!nv) {
-            error_set(ENOMEM, "out of memory");
-            return -1;
-        }
-        s->v = nv;
-        s->cap = cap;
-    }
+    if (VEC_RESERVE(s->v, s->n, s->cap, 16) < 0)
+        return -1;
     s->v[s->n++] = id;
     return 0;
 }
@@ -224,16 +217,8 @@ struct pvec {
 static int collect_pinfo(void *opaque, const struct agent_point *ap)
 {
     struct pvec *v = opaque;
-    if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 32;
-        struct pinfo *np = realloc(v->p, cap * sizeof *np);
-        if (!np) {
-            error_set(ENOMEM, "out of memory");
-            return -1;
-        }
-        v->p = np;
-        v->cap = cap;
-    }
+    if (VEC_RESERVE(v->p, v->n, v->cap, 32) < 0)
+        return -1;
     v->p[v->n++] = (struct pinfo){ .id = ap->id, .time = ap->finished };
     return 0;
 }
@@ -383,16 +368,8 @@ static int count_chunk(void *opaque, const struct catalog_chunk *ch)
 static int gather_pack(void *opaque, const struct catalog_pack *p)
 {
     struct gc *g = opaque;
-    if (g->npacks == g->cappacks) {
-        size_t cap = g->cappacks ? g->cappacks * 2 : 64;
-        void *np = realloc(g->packs, cap * sizeof *g->packs);
-        if (!np) {
-            error_set(ENOMEM, "out of memory");
-            return -1;
-        }
-        g->packs = np;
-        g->cappacks = cap;
-    }
+    if (VEC_RESERVE(g->packs, g->npacks, g->cappacks, 64) < 0)
+        return -1;
     g->packs[g->npacks].id = p->id;
     snprintf(g->packs[g->npacks].name, sizeof g->packs[g->npacks].name, "%s", p->name);
     g->packs[g->npacks].size = p->size;
@@ -435,16 +412,8 @@ static int rewrite_chunk(void *opaque, const struct catalog_chunk *ch)
     memcpy(ne.hash, ch->hash, PACK_HASH_LEN);
     if (pack_writer_add(rw->w, &ne, sbytes) < 0)
         return -1;
-    if (rw->nmoved == rw->capmoved) {
-        size_t cap = rw->capmoved ? rw->capmoved * 2 : 256;
-        struct catalog_chunk *nm = realloc(rw->moved, cap * sizeof *nm);
-        if (!nm) {
-            error_set(ENOMEM, "out of memory");
-            return -1;
-        }
-        rw->moved = nm;
-        rw->capmoved = cap;
-    }
+    if (VEC_RESERVE(rw->moved, rw->nmoved, rw->capmoved, 256) < 0)
+        return -1;
     struct catalog_chunk m = *ch;
     m.offset = ne.offset;
     m.stored_len = ne.stored_len;
@@ -496,16 +465,8 @@ out:
 static int gather_known(void *opaque, const struct catalog_pack *p)
 {
     struct gc *g = opaque;
-    if (g->nknown == g->capknown) {
-        size_t cap = g->capknown ? g->capknown * 2 : 64;
-        void *nk = realloc(g->known, cap * sizeof *g->known);
-        if (!nk) {
-            error_set(ENOMEM, "out of memory");
-            return -1;
-        }
-        g->known = nk;
-        g->capknown = cap;
-    }
+    if (VEC_RESERVE(g->known, g->nknown, g->capknown, 64) < 0)
+        return -1;
     snprintf(g->known[g->nknown++], sizeof *g->known, "%s", p->name);
     return 0;
 }

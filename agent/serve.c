@@ -25,6 +25,7 @@
 #include "agent/internal.h"
 #include "agent/pack.h"
 #include "common/error.h"
+#include "common/vec.h"
 #include "nbdcore/nbdcore.h"
 
 #define WINDOW_CELLS 2048
@@ -154,16 +155,9 @@ static int window_load(struct served *sp, struct window *w, int64_t point, uint6
     if (!m)
         goto out;
     while ((r = catalog_map_next(m, &run)) > 0) {
-        if (w->n == w->cap) {
-            size_t cap = w->cap ? w->cap * 2 : 64;
-            struct catalog_run *nr = realloc(w->runs, cap * sizeof *nr);
-            if (!nr) {
-                r = -1;
-                error_set(ENOMEM, "out of memory");
-                break;
-            }
-            w->runs = nr;
-            w->cap = cap;
+        if (VEC_RESERVE(w->runs, w->n, w->cap, 64) < 0) {
+            r = -1;
+            break;
         }
         w->runs[w->n++] = run;
     }
@@ -320,14 +314,8 @@ static int add_since(void *opaque, const struct catalog_point *p)
     struct since_list *l = opaque;
     if (p->id >= l->point)
         return 0;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        int64_t *ni = realloc(l->ids, cap * sizeof *ni);
-        if (!ni)
-            return -1;
-        l->ids = ni;
-        l->cap = cap;
-    }
+    if (VEC_RESERVE(l->ids, l->n, l->cap, 16) < 0)
+        return -1;
     l->ids[l->n++] = p->id;
     return 0;
 }

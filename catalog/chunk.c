@@ -13,6 +13,7 @@
 
 #include "catalog/internal.h"
 #include "common/error.h"
+#include "common/vec.h"
 
 #define CHUNK_SELECT "SELECT " CAT_CHUNK_COLUMNS " FROM chunks ch JOIN packs pk ON pk.id = ch.pack_id "
 
@@ -216,14 +217,9 @@ int catalog_pack_list(struct catalog *c, int (*fn)(void *opaque, const struct ca
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct catalog_pack *p;
 
-        if (n == cap) {
-            struct catalog_pack *q = realloc(v, (cap = cap ? cap * 2 : 64) * sizeof *v);
-
-            if (!q) {
-                error_set(ENOMEM, "catalog: list packs: out of memory");
-                goto fail;
-            }
-            v = q;
+        if (VEC_RESERVE(v, n, cap, 64) < 0) {
+            error_prefix("catalog: list packs: ");
+            goto fail;
         }
         p = &v[n++];
         memset(p, 0, sizeof *p);
@@ -491,14 +487,9 @@ int catalog_points_using_chunk(struct catalog *c, int64_t chunk_id,
         return -1;
     sqlite3_bind_int64(st, 1, chunk_id);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            int64_t *q = realloc(v, (cap = cap ? cap * 2 : 16) * sizeof *v);
-
-            if (!q) {
-                error_set(ENOMEM, "catalog: points using chunk: out of memory");
-                goto fail;
-            }
-            v = q;
+        if (VEC_RESERVE(v, n, cap, 16) < 0) {
+            error_prefix("catalog: points using chunk: ");
+            goto fail;
         }
         v[n++] = sqlite3_column_int64(st, 0);
     }

@@ -23,6 +23,7 @@
 
 #include "catalog/internal.h"
 #include "common/error.h"
+#include "common/vec.h"
 
 struct lock_row {
     char name[300];
@@ -101,14 +102,9 @@ static int read_locks(struct catalog *c, struct lock_row **rows, size_t *n)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct lock_row *r;
 
-        if (*n == cap) {
-            struct lock_row *p = realloc(*rows, (cap = cap ? cap * 2 : 8) * sizeof **rows);
-
-            if (!p) {
-                error_set(ENOMEM, "catalog: read locks: out of memory");
-                goto fail;
-            }
-            *rows = p;
+        if (VEC_RESERVE(*rows, *n, cap, 8) < 0) {
+            error_prefix("catalog: read locks: ");
+            goto fail;
         }
         r = &(*rows)[(*n)++];
         cat_column_text(st, 0, r->name, sizeof r->name);
@@ -159,7 +155,8 @@ static int64_t sweep_dead_points(struct catalog *c, const char *name)
         "SELECT p.id, p.holder_pid FROM points p JOIN disks d ON d.id = p.disk_id "
         "WHERE p.status = 'running' AND p.holder_host = ?1 AND (?2 IS NULL OR d.name = ?2)");
     sqlite3_stmt *del = NULL;
-    int64_t *dead = NULL, n = 0, cap = 0, i;
+    int64_t *dead = NULL, n = 0, i;
+    size_t cap = 0;
     int rc;
 
     if (!st)
@@ -170,14 +167,9 @@ static int64_t sweep_dead_points(struct catalog *c, const char *name)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (!cat_holder_dead(c, sqlite3_column_int64(st, 1), c->host))
             continue;
-        if (n == cap) {
-            int64_t *p = realloc(dead, (size_t)(cap = cap ? cap * 2 : 8) * sizeof *dead);
-
-            if (!p) {
-                error_set(ENOMEM, "catalog: out of memory");
-                goto fail;
-            }
-            dead = p;
+        if (VEC_RESERVE(dead, n, cap, 8) < 0) {
+            error_prefix("catalog: ");
+            goto fail;
         }
         dead[n++] = sqlite3_column_int64(st, 0);
     }

@@ -15,6 +15,7 @@
 
 #include "catalog/internal.h"
 #include "common/error.h"
+#include "common/vec.h"
 
 /* The run of a point that starts at or before cell ?2 (the only one that can
  * cover it), and the first run starting at or after ?2. */
@@ -329,7 +330,7 @@ static int piece(struct catalog_map *m, struct catalog_run *out)
 static int read_chain(struct catalog *c, int64_t point_id, int64_t **chain, unsigned *n)
 {
     int64_t *v = NULL, id = point_id;
-    unsigned cap = 0;
+    size_t cap = 0;
 
     *n = 0;
     while (id) {
@@ -354,14 +355,9 @@ static int read_chain(struct catalog *c, int64_t point_id, int64_t **chain, unsi
         parent = sqlite3_column_int64(st, 0);
         full = sqlite3_column_int(st, 1) != 0;
         cat_done(c, st);
-        if (*n == cap) {
-            int64_t *q = realloc(v, (cap = cap ? cap * 2 : 16) * sizeof *v);
-
-            if (!q) {
-                error_set(ENOMEM, "catalog: map: out of memory");
-                goto fail;
-            }
-            v = q;
+        if (VEC_RESERVE(v, *n, cap, 16) < 0) {
+            error_prefix("catalog: map: ");
+            goto fail;
         }
         v[(*n)++] = id;
         if (parent && parent >= id) {
@@ -545,14 +541,9 @@ int catalog_point_remove(struct catalog *c, int64_t id)
         goto fail;
     sqlite3_bind_int64(st, 1, id);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            int64_t *q = realloc(children, (cap = cap ? cap * 2 : 4) * sizeof *children);
-
-            if (!q) {
-                error_set(ENOMEM, "catalog: out of memory");
-                goto fail;
-            }
-            children = q;
+        if (VEC_RESERVE(children, n, cap, 4) < 0) {
+            error_prefix("catalog: ");
+            goto fail;
         }
         children[n++] = sqlite3_column_int64(st, 0);
     }

@@ -16,6 +16,7 @@
 
 #include "catalog/internal.h"
 #include "common/error.h"
+#include "common/vec.h"
 
 #define POINT_SELECT \
     "SELECT p.id, p.disk_id, d.name, p.parent_id, p.kind, p.status, p.started, p.finished, " \
@@ -150,14 +151,9 @@ int catalog_point_list(struct catalog *c, const char *disk,
     if (disk)
         sqlite3_bind_text(st, 1, disk, -1, SQLITE_STATIC);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            struct catalog_point *q = realloc(v, (cap = cap ? cap * 2 : 16) * sizeof *v);
-
-            if (!q) {
-                error_set(ENOMEM, "catalog: list points: out of memory");
-                goto fail;
-            }
-            v = q;
+        if (VEC_RESERVE(v, n, cap, 16) < 0) {
+            error_prefix("catalog: list points: ");
+            goto fail;
         }
         point_from_row(st, &v[n++]);
     }
