@@ -41,8 +41,7 @@ int cli_init(int argc, char **argv)
         case 'C': config = optarg; break;
         case 'h': fputs(init_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s init --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("init");
         }
     }
     if (optind != argc)
@@ -137,8 +136,7 @@ int cli_backup(int argc, char **argv)
         case 'j': json = true; break;
         case 'h': fputs(backup_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s backup --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("backup");
         }
     }
     if (optind != argc - 1)

@@ -61,6 +61,9 @@ void cli_progress(void *opaque, uint64_t done, uint64_t total);
 /* "nbdvault CMD: msg\n" on stderr; returns CLI_EXIT_FAIL / CLI_EXIT_USAGE. */
 int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "Try 'nbdvault CMD --help'." on stderr (after getopt's own complaint);
+ * returns CLI_EXIT_USAGE. */
+int cli_try_help(const char *cmd);
 /* Prints obj (pretty) followed by a newline, and releases it. */
 void cli_print_json(struct json_object *obj);
 /* "64M", "1.5G" ... as nbdinfo prints sizes. */

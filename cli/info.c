@@ -255,8 +255,7 @@ int cli_info(int argc, char **argv)
         case 'j': json = true; break;
         case 'h': fputs(info_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s info --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("info");
         }
     }
     if (optind != argc - 1)

@@ -67,8 +67,7 @@ int cli_verify(int argc, char **argv)
         case 'j': v.json = true; break;
         case 'h': fputs(verify_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s verify --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("verify");
         }
     }
     if (optind != argc)
@@ -214,8 +213,7 @@ int cli_prune(int argc, char **argv)
         case 'j': p.json = true; break;
         case 'h': fputs(prune_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s prune --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("prune");
         }
     }
     if (optind != argc)
@@ -295,8 +293,7 @@ int cli_gc(int argc, char **argv)
         case 'j': json = true; break;
         case 'h': fputs(gc_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s gc --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("gc");
         }
     }
     if (optind != argc)
@@ -396,8 +393,7 @@ int cli_serve(int argc, char **argv)
         case 'C': config = optarg; break;
         case 'h': fputs(serve_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s serve --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("serve");
         }
     }
     if (optind != argc)

@@ -122,8 +122,7 @@ int cli_map(int argc, char **argv)
         case 'j': m.json = true; break;
         case 'h': fputs(map_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s map --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("map");
         }
     }
     if (optind != argc - 1)

@@ -85,8 +85,7 @@ int cli_list(int argc, char **argv)
         case 'j': l.json = true; break;
         case 'h': fputs(list_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s list --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("list");
         }
     }
     if (optind != argc)
@@ -162,8 +161,7 @@ int cli_restore(int argc, char **argv)
         case 'j': json = true; break;
         case 'h': fputs(restore_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
-            fprintf(stderr, "Try '%s restore --help'.\n", cli_progname);
-            return CLI_EXIT_USAGE;
+            return cli_try_help("restore");
         }
     }
     if (optind != argc)

@@ -9,13 +9,19 @@
 #include "common/error.h"
 #include "nbdcore/nbdcore.h"
 
+int cli_try_help(const char *cmd)
+{
+    fprintf(stderr, "Try '%s %s --help'.\n", cli_progname, cmd);
+    return CLI_EXIT_USAGE;
+}
+
 static int verror(int code, const char *cmd, const char *fmt, va_list ap)
 {
     fprintf(stderr, "%s %s: ", cli_progname, cmd);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     if (code == CLI_EXIT_USAGE)
-        fprintf(stderr, "Try '%s %s --help'.\n", cli_progname, cmd);
+        cli_try_help(cmd);
     return code;
 }
 
