@@ -24,6 +24,9 @@
 
 #define OBUF_SIZE (64 * 1024)
 #define IBUF_SIZE (64 * 1024)
+/* Reads from this size up are received straight into their buffers (see
+ * receive()). */
+#define BIG_READ (16 * 1024)
 #define SMALL_PAYLOAD 4096
 #define DEFAULT_MAX_IN_FLIGHT 64
 #define MAX_PORTABLE_REQUEST (32u * 1024 * 1024)
@@ -458,6 +461,8 @@ static void request_done(struct nbd_conn *c, struct request *r)
 
     inflight_take(c, r->cookie);
     c->in_flight--;
+    if (r->type == NBD_CMD_READ && r->count >= BIG_READ)
+        c->big_reads--;
     if (!r->err && r->type == NBD_CMD_READ && r->cover.total != r->count) {
         r->err = EIO;
         snprintf(r->errmsg, sizeof r->errmsg,
@@ -622,6 +627,8 @@ static struct request *queue_request(struct nbd_conn *c, struct op *op, uint16_t
         c->sendq_tail = r;
     }
     c->in_flight++;
+    if (type == NBD_CMD_READ && count >= BIG_READ)
+        c->big_reads++;
     op->pending++;
     return r;
 }
@@ -1252,7 +1259,8 @@ static int receive(struct nbd_conn *c)
             continue;
         }
         ssize_t got;
-        if (c->rx_left >= IBUF_SIZE / 2) {
+        bool data = c->rx_state == RX_DATA || c->rx_state == RX_SIMPLE_DATA;
+        if (c->rx_left >= IBUF_SIZE / 2 || (data && c->big_reads)) {
             /* Large data: straight into its destination. */
             size_t want = c->rx_left > SSIZE_MAX ? SSIZE_MAX : (size_t)c->rx_left;
             got = nbd_sock_recv(c->sock, c->rx_ptr, want);
@@ -1264,7 +1272,17 @@ static int receive(struct nbd_conn *c)
                 continue;
             }
         } else {
-            got = nbd_sock_recv(c->sock, c->ibuf, IBUF_SIZE);
+            /* With large reads in flight, a reply's header is taken alone
+             * (with the offset of a data chunk) so that its data then goes
+             * straight into the read's buffer: gathering whatever is queued
+             * into ibuf would copy nearly every byte read a second time.
+             * Otherwise many small replies come in with one call. */
+            size_t want = IBUF_SIZE;
+            if (c->big_reads && c->rx_state == RX_HDR)
+                want = c->mode == NBD_MODE_EXTENDED     ? NBD_EXTENDED_REPLY_LEN + 8
+                       : c->mode == NBD_MODE_STRUCTURED ? NBD_STRUCTURED_REPLY_LEN + 8
+                                                        : NBD_SIMPLE_REPLY_LEN;
+            got = nbd_sock_recv(c->sock, c->ibuf, want);
             if (got > 0) {
                 c->ilen = (size_t)got;
                 c->ipos = 0;

@@ -75,6 +75,7 @@ struct nbd_conn {
     uint64_t next_cookie;
     unsigned in_flight;           /* wire requests not yet answered */
     unsigned ops_in_flight;       /* user operations not yet completed */
+    unsigned big_reads;           /* reads of BIG_READ bytes or more in flight */
     struct request *sendq_head, *sendq_tail;
     struct request *inflight[NBD_HASH_BUCKETS];
 

@@ -14,11 +14,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "nbdcore/codec.h"
@@ -2186,6 +2188,162 @@ static void test_client_reply_before_sent(void **state UNUSED)
     check_early_reply(true);
 }
 
+/* ---- Replies over a real socket ------------------------------------------- */
+
+/* Large read data is received straight into the caller's buffer, the header
+ * of its reply alone before it; small replies are gathered.  Over a real
+ * socket, with reads large and small, a block status and errors in flight
+ * together, replies out of order, data split into several chunks around a
+ * hole, and the peer writing in odd slices: every buffer must hold exactly
+ * its bytes, and nothing past its end may be touched. */
+struct peer {
+    int fd;
+    size_t req_bytes;             /* requests to read before answering */
+    const struct bb *reply;
+    size_t slice;
+};
+
+static void *peer_main(void *opaque)
+{
+    struct peer *p = opaque;
+    uint8_t tmp[4096];
+    size_t got = 0;
+
+    while (got < p->req_bytes) {
+        ssize_t n = read(p->fd, tmp, sizeof tmp);
+        if (n <= 0)
+            return NULL;
+        got += (size_t)n;
+    }
+    for (size_t pos = 0; pos < p->reply->n;) {
+        size_t n = p->reply->n - pos < p->slice ? p->reply->n - pos : p->slice;
+        ssize_t w = write(p->fd, p->reply->d + pos, n);
+        if (w <= 0)
+            return NULL;
+        pos += (size_t)w;
+    }
+    return NULL;
+}
+
+static uint8_t pattern(uint64_t off) { return (uint8_t)(off * 131 + (off >> 12)); }
+
+static void check_socket_reads(enum nbd_reply_mode m, size_t slice)
+{
+    /* offset, length, error (0 or an NBD error), split into chunks */
+    static const struct { uint64_t off; uint32_t len; uint32_t err; } rd[] = {
+        { 0, 65536, 0 },      { 1 << 20, 512, 0 },      { 3 << 20, 262144, 0 },
+        { 5 << 20, 4096, 0 }, { 7 << 20, 65536, NBD_EIO }, { 9 << 20, 16384, 0 },
+        { 11 << 20, 100000, 0 },
+    };
+    enum { N = sizeof rd / sizeof rd[0], GUARD = 64 };
+    const bool structured = m != NBD_MODE_SIMPLE;
+    struct nbd_conn *c = detached(m, 64 * MiB, ALL_EFLAGS, structured ? two_contexts : NULL);
+    struct rec r[N + 1] = { 0 };
+    struct ext_rec er = { 0 };
+    uint8_t *buf[N];
+    struct bb b = { 0 };
+    int sv[2];
+    size_t nreq = 0;
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK), 0);
+    c->sock = nbd_sock_new(sv[0]);
+    assert_non_null(c->sock);
+    for (size_t i = 0; i < N; i++) {
+        buf[i] = malloc(rd[i].len + GUARD);
+        assert_non_null(buf[i]);
+        memset(buf[i], 0xee, rd[i].len + GUARD);
+        assert_int_equal(nbd_aio_pread(c, buf[i], rd[i].len, rd[i].off, 0, rec_done, &r[i]), 0);
+        nreq++;
+        if (i == 2 && structured) { /* a block status among the reads */
+            assert_int_equal(nbd_aio_block_status(c, 4096, 8192, 0, NULL, rec_extents, &er,
+                                                  rec_done, &r[N]),
+                             0);
+            nreq++;
+        }
+    }
+    /* Cookies follow submission: read i is i + 1, or i + 2 after the block
+     * status (cookie 4).  Answered last first. */
+    for (size_t k = N; k-- > 0;) {
+        uint64_t cookie = k + 1 + (structured && k > 2);
+        uint32_t len = rd[k].len;
+        uint8_t *data = malloc(len);
+        assert_non_null(data);
+        for (uint32_t j = 0; j < len; j++)
+            data[j] = pattern(rd[k].off + j);
+        if (!structured) {
+            b_simple(&b, rd[k].err, cookie);
+            if (!rd[k].err)
+                bb_put(&b, data, len);
+        } else if (rd[k].err) {
+            b_error(&b, m, DONE, cookie, rd[k].err, "boom");
+        } else if (len >= 65536) {
+            /* The second half first, a hole, then the first third. */
+            uint32_t third = len / 3, half = len / 2;
+            b_data(&b, m, 0, cookie, rd[k].off + half, data + half, len - half);
+            b_hole(&b, m, 0, cookie, rd[k].off + third, half - third);
+            b_data(&b, m, DONE, cookie, rd[k].off, data, third);
+        } else {
+            b_data(&b, m, DONE, cookie, rd[k].off, data, len);
+        }
+        free(data);
+        if (k == 3 && structured) {
+            static const uint32_t ba[] = { 4096, 1 };
+            static const uint64_t ba64[] = { 4096, 1 };
+            if (m == NBD_MODE_EXTENDED)
+                b_status_ext(&b, m, DONE, 4, 0, 1, ba64);
+            else
+                b_status(&b, m, DONE, 4, 0, 1, ba);
+        }
+    }
+    struct peer p = { sv[1], nreq * (m == NBD_MODE_EXTENDED ? 32 : 28), &b, slice };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, peer_main, &p), 0);
+    for (time_t end = time(NULL) + 10; c->ops_in_flight;) {
+        if (nbd_poll(c, 1000) < 0)
+            fail_msg("mode %d slice %zu: %s", m, slice, nbd_get_error());
+        if (time(NULL) > end)
+            fail_msg("mode %d slice %zu: replies not all taken after 10 s", m, slice);
+    }
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(c->ops_in_flight, 0);
+    assert_false(nbd_is_dead(c));
+    assert_int_equal(c->big_reads, 0);
+
+    for (size_t i = 0; i < N; i++) {
+        assert_done(&r[i], rd[i].err ? EIO : 0);
+        for (uint32_t j = 0; !rd[i].err && j < rd[i].len; j++) {
+            bool hole = structured && rd[i].len >= 65536 && j >= rd[i].len / 3 && j < rd[i].len / 2;
+            uint8_t want = hole ? 0 : pattern(rd[i].off + j);
+            if (buf[i][j] != want)
+                fail_msg("mode %d slice %zu: read %zu byte %u is 0x%02x, not 0x%02x", m, slice, i,
+                         j, buf[i][j], want);
+        }
+        for (size_t j = rd[i].len; j < rd[i].len + GUARD; j++)
+            if (buf[i][j] != 0xee)
+                fail_msg("mode %d slice %zu: read %zu was written past its end", m, slice, i);
+        free(buf[i]);
+    }
+    if (structured) {
+        assert_done(&r[N], 0);
+        assert_int_equal(er.calls, 1);
+        assert_int_equal(er.call[0].offset, 8192);
+    }
+    close(sv[1]); /* the peer hangs up first: nbd_close need not wait */
+    nbd_close(c);
+    bb_free(&b);
+}
+
+static void test_client_socket_reads(void **state UNUSED)
+{
+    static const size_t slices[] = { 1 << 20, 65536, 4099, 17 };
+    for (size_t s = 0; s < sizeof slices / sizeof *slices; s++) {
+        check_socket_reads(NBD_MODE_SIMPLE, slices[s]);
+        check_socket_reads(NBD_MODE_STRUCTURED, slices[s]);
+        check_socket_reads(NBD_MODE_EXTENDED, slices[s]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2235,6 +2393,7 @@ int main(void)
         cmocka_unit_test(test_violation_wrong_chunk_for_command),
         cmocka_unit_test(test_violation_headers),
         cmocka_unit_test(test_client_reply_before_sent),
+        cmocka_unit_test(test_client_socket_reads),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
