@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define CATALOG_HASH_LEN 32        /* SHA-256 */
-#define CATALOG_FORMAT_VERSION 1
+#define CATALOG_FORMAT_VERSION 2
 
 struct catalog;
 

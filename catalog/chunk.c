@@ -16,6 +16,16 @@
 #include "common/vec.h"
 
 #define CHUNK_SELECT "SELECT " CAT_CHUNK_COLUMNS " FROM chunks ch JOIN packs pk ON pk.id = ch.pack_id "
+/* A hash's row, through the index of its first 8 bytes (chunks_hkey: the
+ * expression must be written as in the index for SQLite to use it). */
+#define CHUNK_BY_HASH(t) "substr(" t "hash, 1, 8) = ?1 AND " t "hash = ?2"
+#define HKEY_LEN 8
+
+static void bind_hash(sqlite3_stmt *st, const uint8_t *hash)
+{
+    sqlite3_bind_blob(st, 1, hash, HKEY_LEN, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, hash, CATALOG_HASH_LEN, SQLITE_STATIC);
+}
 
 void cat_chunk_from_row(sqlite3_stmt *st, struct catalog_chunk *ch)
 {
@@ -76,11 +86,11 @@ static int64_t chunk_each(struct catalog *c, sqlite3_stmt *st, const char *what,
 int catalog_chunk_find(struct catalog *c, const uint8_t hash[CATALOG_HASH_LEN],
                        struct catalog_chunk *out)
 {
-    sqlite3_stmt *st = cat_stmt(c, CHUNK_SELECT "WHERE ch.hash = ?1");
+    sqlite3_stmt *st = cat_stmt(c, CHUNK_SELECT "WHERE " CHUNK_BY_HASH("ch."));
 
     if (!st)
         return -1;
-    sqlite3_bind_blob(st, 1, hash, CATALOG_HASH_LEN, SQLITE_STATIC);
+    bind_hash(st, hash);
     return chunk_one(c, st, out, "find chunk");
 }
 
@@ -129,24 +139,22 @@ static int insert_pack(struct catalog *c, const char *name, uint64_t size, int64
     return 0;
 }
 
-/* The chunk id of a hash known to be in the table. */
+/* The id of a hash's row: 1 (in *id), 0 if there is none, or -1. */
 static int chunk_id_of(struct catalog *c, const uint8_t *hash, int64_t *id)
 {
-    sqlite3_stmt *st = cat_stmt(c, "SELECT id FROM chunks WHERE hash = ?1");
+    sqlite3_stmt *st = cat_stmt(c, "SELECT id FROM chunks WHERE " CHUNK_BY_HASH(""));
     int rc;
 
     if (!st)
         return -1;
-    sqlite3_bind_blob(st, 1, hash, CATALOG_HASH_LEN, SQLITE_STATIC);
+    bind_hash(st, hash);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         *id = sqlite3_column_int64(st, 0);
-    else if (rc == SQLITE_DONE)
-        error_set(EIO, "catalog: add pack: chunk vanished after insert");
-    else
+    else if (rc != SQLITE_DONE)
         cat_fail(c, "add pack");
     cat_done(c, st);
-    return rc == SQLITE_ROW ? 0 : -1;
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
 int catalog_pack_add(struct catalog *c, const char *pack_name, uint64_t pack_size,
@@ -165,10 +173,15 @@ int catalog_pack_add(struct catalog *c, const char *pack_name, uint64_t pack_siz
     for (i = 0; i < n; i++) {
         const struct catalog_chunk *ch = &chunks[i];
 
-        /* ON CONFLICT(hash): a known chunk keeps its first location. */
+        /* A known chunk keeps its first location: one row per hash (this
+         * look-up and the insert share the write transaction). */
+        int known = chunk_id_of(c, ch->hash, &ids[i]);
+        if (known == -1)
+            goto fail;
+        if (known)
+            continue;
         st = cat_stmt(c, "INSERT INTO chunks(hash, pack_id, offset, stored_len, plain_len, "
-                         "codec, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
-                         "ON CONFLICT(hash) DO NOTHING");
+                         "codec, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
         if (!st)
             goto fail;
         sqlite3_bind_blob(st, 1, ch->hash, CATALOG_HASH_LEN, SQLITE_STATIC);
@@ -182,10 +195,7 @@ int catalog_pack_add(struct catalog *c, const char *pack_name, uint64_t pack_siz
             goto fail;
         cat_done(c, st);
         st = NULL;
-        if (sqlite3_changes64(c->db) == 1)
-            ids[i] = sqlite3_last_insert_rowid(c->db);
-        else if (chunk_id_of(c, ch->hash, &ids[i]) == -1)
-            goto fail;
+        ids[i] = sqlite3_last_insert_rowid(c->db);
     }
     if (cat_commit(c) == -1)
         goto fail_prefix;

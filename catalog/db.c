@@ -99,6 +99,39 @@ static const char SCHEMA_V1[] =
     "  since INTEGER NOT NULL"
     ") WITHOUT ROWID;";
 
+/* Version 2: dedup look-ups go through an index of the first 8 bytes of
+ * the hash (chunks_hkey) instead of the whole hash (a UNIQUE constraint's
+ * index): an entry shrinks from ~41 to ~14 bytes, so a look-up walks a
+ * third of the pages, and a backup's inserts, each landing on a random page
+ * of this index, dirty fewer of them (each written to the WAL, and again by
+ * the checkpoint).  Writers keep one row per hash (look-up and insert share
+ * a write transaction).  SQLite cannot drop a UNIQUE constraint: the table
+ * is rebuilt, its ids and its AUTOINCREMENT sequence kept (foreign keys are
+ * off meanwhile: see catalog_open). */
+static const char SCHEMA_V2[] =
+    "CREATE TABLE chunks_v2 ("
+    "  id         INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  hash       BLOB NOT NULL CHECK (length(hash) = 32),"
+    "  pack_id    INTEGER NOT NULL REFERENCES packs(id),"
+    "  offset     INTEGER NOT NULL,"
+    "  stored_len INTEGER NOT NULL,"
+    "  plain_len  INTEGER NOT NULL,"
+    "  codec      INTEGER NOT NULL,"
+    "  crc        INTEGER NOT NULL"
+    ");"
+    "INSERT INTO chunks_v2 SELECT id, hash, pack_id, offset, stored_len, plain_len, codec, crc "
+    "  FROM chunks ORDER BY id;"
+    /* The ids of chunks gc deleted stay used. */
+    "UPDATE sqlite_sequence SET seq = max(seq, (SELECT seq FROM sqlite_sequence "
+    "  WHERE name = 'chunks')) WHERE name = 'chunks_v2';"
+    "INSERT INTO sqlite_sequence(name, seq) SELECT 'chunks_v2', seq FROM sqlite_sequence "
+    "  WHERE name = 'chunks' AND NOT EXISTS "
+    "  (SELECT 1 FROM sqlite_sequence WHERE name = 'chunks_v2');"
+    "DROP TABLE chunks;"
+    "ALTER TABLE chunks_v2 RENAME TO chunks;"
+    "CREATE INDEX chunks_hkey ON chunks(substr(hash, 1, 8));"
+    "CREATE INDEX chunks_pack ON chunks(pack_id, offset);";
+
 struct migration {
     const char *sql;
     int (*fn)(struct catalog *c);  /* data changes after sql, may be NULL */
@@ -106,9 +139,15 @@ struct migration {
 
 static const struct migration migrations[] = {
     { SCHEMA_V1, NULL },               /* version 1 */
+    { SCHEMA_V2, NULL },               /* version 2 */
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+
+const char *cat_migration_sql(int version)
+{
+    return version >= 1 && version <= SCHEMA_VERSION ? migrations[version - 1].sql : NULL;
+}
 _Static_assert(sizeof migrations / sizeof migrations[0] == CATALOG_FORMAT_VERSION,
                "one migration per catalog format version");
 
@@ -370,6 +409,25 @@ static int apply_migrations(struct catalog *c, int from)
     return cat_exec(c, sql, "record schema version");
 }
 
+/* PRAGMA foreign_key_check finds nothing: 0, or -1 naming the first row. */
+static int foreign_keys_hold(struct catalog *c)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    if (sqlite3_prepare_v2(c->db, "PRAGMA foreign_key_check", -1, &st, NULL) != SQLITE_OK)
+        return cat_fail(c, "check foreign keys");
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        error_set(EINVAL, "catalog: row %lld of %s refers to a missing row of %s",
+                  (long long)sqlite3_column_int64(st, 1), sqlite3_column_text(st, 0),
+                  sqlite3_column_text(st, 2));
+    else if (rc != SQLITE_DONE)
+        cat_fail(c, "check foreign keys");
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
 /* journal_mode=WAL answers the mode in force: a file system that cannot
  * share memory for the WAL index keeps the old one. */
 static int set_wal(struct catalog *c)
@@ -541,15 +599,22 @@ struct catalog *catalog_open(const char *path)
         goto fail;
     }
     if (version < SCHEMA_VERSION) {
-        /* Re-read under the write lock: another process may have migrated. */
+        /* Re-read under the write lock: another process may have migrated.
+         * A migration may rebuild a table others reference: foreign keys
+         * are off while it runs (SQLite only switches them outside a
+         * transaction) and checked as a whole before the commit. */
+        if (cat_exec(c, "PRAGMA foreign_keys = OFF", "migrate") == -1)
+            goto fail_prefix;
         if (cat_begin(c) == -1)
             goto fail_prefix;
         if (get_user_version(c, &version) == -1 ||
-            (version < SCHEMA_VERSION && apply_migrations(c, version) == -1)) {
+            (version < SCHEMA_VERSION &&
+             (apply_migrations(c, version) == -1 || foreign_keys_hold(c) == -1))) {
             cat_rollback(c);
             goto fail_prefix;
         }
-        if (cat_commit(c) == -1)
+        if (cat_commit(c) == -1 ||
+            cat_exec(c, "PRAGMA foreign_keys = ON", "migrate") == -1)
             goto fail_prefix;
     }
     if (repo_int(c, "format_version", &format) == -1 || repo_int(c, "chunk_size", &chunk) == -1)

@@ -41,6 +41,9 @@ struct catalog {
  * `what` in front, and returns -1.  cat_errno maps an SQLite result code to
  * an errno. */
 int cat_fail(struct catalog *c, const char *what);
+/* The SQL of the migration to `version` (1 creates the schema); for tests
+ * that build a catalog as an older nbdvault wrote it. */
+const char *cat_migration_sql(int version);
 int cat_errno(int rc);
 
 /* ---- Statements (db.c) ------------------------------------------------------

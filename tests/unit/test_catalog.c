@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "catalog/catalog.h"
+#include "catalog/internal.h"
 #include "common/error.h"
 
 #define UNUSED __attribute__((unused))
@@ -206,6 +207,117 @@ static void test_newer_version(void **state UNUSED)
     CHECK_FAILS(catalog_open(path) != NULL, ENOTSUP);
     assert_non_null(strstr(error_msg(), "newer"));
     assert_non_null(strstr(error_msg(), "upgrade"));
+}
+
+/* A catalog written by nbdvault with schema version 1 (a UNIQUE index on
+ * the whole hash) is migrated on open: the chunks table is rebuilt with the
+ * same ids and AUTOINCREMENT sequence, look-ups go through the new index,
+ * a known hash keeps its one row, foreign keys hold and are enforced. */
+static void v1_exec(sqlite3 *db, const char *sql)
+{
+    char *err = NULL;
+
+    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK)
+        fail_msg("%s: %s", sql, err);
+}
+
+static void v1_hash(uint8_t h[CATALOG_HASH_LEN], int i)
+{
+    memset(h, 0x5a, CATALOG_HASH_LEN); /* chunks 1 and 2 share the first 8 bytes */
+    h[20] = (uint8_t)i;
+    if (i > 2)
+        h[0] = (uint8_t)i;
+}
+
+static void test_migrate_from_v1(void **state UNUSED)
+{
+    struct catalog *c;
+    struct catalog_chunk ch, add[2];
+    uint8_t h[CATALOG_HASH_LEN];
+    int64_t ids[2];
+    sqlite3 *db;
+    sqlite3_stmt *st;
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    v1_exec(db, "PRAGMA journal_mode = WAL");
+    v1_exec(db, cat_migration_sql(1));
+    v1_exec(db, "INSERT INTO repo VALUES ('format_version', 1), ('chunk_size', 65536), "
+                "('created', 0);"
+                "PRAGMA user_version = 1;"
+                "INSERT INTO disks(name) VALUES ('vm1');"
+                "INSERT INTO packs(name, size) VALUES ('aa/a.pack', 1000), ('bb/b.pack', 2000);"
+                "INSERT INTO points(disk_id, kind, status, started, disk_size) "
+                "VALUES (1, 'full', 'complete', 0, 655360);");
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO chunks(hash, pack_id, offset, stored_len, "
+                                            "plain_len, codec, crc) VALUES (?1, ?2, ?3, 10, 65536, 1, ?4)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    for (int i = 1; i <= 5; i++) {
+        v1_hash(h, i);
+        sqlite3_bind_blob(st, 1, h, CATALOG_HASH_LEN, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 2, i % 2 + 1);
+        sqlite3_bind_int(st, 3, 100 * i);
+        sqlite3_bind_int(st, 4, 7 * i);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    /* Chunk 5 was deleted by gc: its id must never come back. */
+    v1_exec(db, "DELETE FROM chunks WHERE id = 5;"
+                "INSERT INTO cells VALUES (1, 0, 2, 1), (1, 2, 1, 2), (1, 3, 1, 4), (1, 4, 1, NULL);");
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+
+    CHECK((c = catalog_open(path)) != NULL);
+    for (int i = 1; i <= 4; i++) {
+        v1_hash(h, i);
+        CHECK(catalog_chunk_find(c, h, &ch) == 1);
+        assert_int_equal(ch.id, i);
+        assert_memory_equal(ch.hash, h, CATALOG_HASH_LEN);
+        assert_int_equal(ch.pack_id, i % 2 + 1);
+        assert_string_equal(ch.pack, i % 2 ? "bb/b.pack" : "aa/a.pack");
+        assert_int_equal(ch.offset, 100 * i);
+        assert_int_equal(ch.crc, 7 * i);
+    }
+    v1_hash(h, 5);
+    CHECK(catalog_chunk_find(c, h, &ch) == 0);
+    v1_hash(h, 1);
+    h[31] ^= 1; /* the first 8 bytes of chunks 1 and 2, neither hash */
+    CHECK(catalog_chunk_find(c, h, &ch) == 0);
+
+    /* A known hash keeps its row; a new one gets an id past the deleted 5. */
+    memset(add, 0, sizeof add);
+    v1_hash(add[0].hash, 2);
+    v1_hash(add[1].hash, 9);
+    add[1].stored_len = add[1].plain_len = 4096;
+    CHECK(catalog_pack_add(c, "cc/c.pack", 5000, add, 2, ids) == 0);
+    assert_int_equal(ids[0], 2);
+    assert_int_equal(ids[1], 6);
+    CHECK(catalog_chunk_get(c, 2, &ch) == 1);
+    assert_string_equal(ch.pack, "aa/a.pack");
+
+    /* Foreign keys are back on: a referenced pack cannot go. */
+    assert_int_not_equal(sqlite3_exec(c->db, "DELETE FROM packs WHERE id = 1", NULL, NULL, NULL),
+                         SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(c->db, "SELECT (SELECT count(*) FROM pragma_foreign_key_check), "
+                                               "(SELECT integrity_check FROM pragma_integrity_check), "
+                                               "(SELECT value FROM repo WHERE key = 'format_version'), "
+                                               "(SELECT user_version FROM pragma_user_version)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    assert_string_equal((const char *)sqlite3_column_text(st, 1), "ok");
+    assert_int_equal(sqlite3_column_int(st, 2), CATALOG_FORMAT_VERSION);
+    assert_int_equal(sqlite3_column_int(st, 3), CATALOG_FORMAT_VERSION);
+    sqlite3_finalize(st);
+    catalog_close(c);
+
+    /* Opened again: nothing left to migrate, the same rows. */
+    CHECK((c = catalog_open(path)) != NULL);
+    v1_hash(h, 9);
+    CHECK(catalog_chunk_find(c, h, &ch) == 1);
+    assert_int_equal(ch.id, 6);
+    catalog_close(c);
 }
 
 /* ---- Locks ---------------------------------------------------------------- */
@@ -1165,6 +1277,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_from_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_point_lifecycle, setup, teardown),
