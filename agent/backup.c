@@ -176,6 +176,9 @@ struct backup {
     unsigned nsealed;
     struct rowv ready;            /* rows whose chunk ids are known */
     bool committer_stop;
+    bool commit_point;            /* set with committer_stop: commit `final` */
+    struct catalog_point final;
+    bool committed;               /* the committer made the point complete */
     bool committer_busy;
     pthread_t committer;
     bool committer_started;
@@ -326,19 +329,42 @@ static int flush_rows(struct backup *b, struct rowv *v)
     return r;
 }
 
-/* Makes a sealed pack durable and records it, then the rows that waited
- * for it (called without store_lock). */
-static int commit_pack(struct backup *b, struct pslot *ps)
+/* The rows ready to be recorded, taken from the workers (and the last
+ * commit's), and with `last` the point itself, in the committer's open
+ * transaction. */
+static int record_ready(struct backup *b, bool last)
+{
+    pthread_mutex_lock(&b->store_lock);
+    struct rowv v = b->ready;
+    b->ready = (struct rowv){ 0 };
+    pthread_cond_broadcast(&b->store_cond);
+    pthread_mutex_unlock(&b->store_lock);
+    int r = flush_rows(b, &v);
+    free(v.r);
+    if (r == 0 && last)
+        r = catalog_point_commit(b->wcat, &b->final);
+    return r;
+}
+
+/* Makes a sealed pack durable, then records in one transaction the pack,
+ * its chunks, every row ready by then (those that waited for this pack's
+ * chunk ids among them) and, for the `last` pack, the point (called
+ * without store_lock). */
+static int commit_pack(struct backup *b, struct pslot *ps, bool last)
 {
     char name[PACK_NAME_MAX];
     uint64_t psize;
     size_t n = pack_writer_count(ps->pw);
     struct catalog_chunk *ch = NULL;
     int64_t *ids = NULL;
+    bool in_tx = false;
     int ret = -1;
 
     if (n && pack_writer_finish(ps->pw, name, &psize) < 0)
         goto out;
+    if (catalog_begin(b->wcat) < 0)
+        goto out;
+    in_tx = true;
     if (n) {
         const struct pack_entry *ent = pack_writer_entries(ps->pw);
         ch = calloc(n, sizeof *ch);
@@ -373,6 +399,12 @@ out:
     }
     pthread_cond_broadcast(&b->store_cond);
     pthread_mutex_unlock(&b->store_lock);
+    if (ret == 0)
+        ret = record_ready(b, last);
+    if (in_tx && ret == 0)
+        ret = catalog_commit(b->wcat);
+    else if (in_tx)
+        catalog_rollback(b->wcat);
     free(ch);
     free(ids);
     pslot_free(ps);
@@ -393,6 +425,9 @@ static void *committer_main(void *opaque)
             if (!b->sealed_head)
                 b->sealed_tail = NULL;
             b->nsealed--;
+            /* With committer_stop, everything left is sealed: the pack
+             * taken last also commits the point. */
+            bool last = b->committer_stop && !b->sealed_head && b->commit_point;
             b->committer_busy = true;
             pthread_mutex_unlock(&b->store_lock);
             if (failed(b)) {
@@ -401,29 +436,41 @@ static void *committer_main(void *opaque)
                 live_remove(b, ps);
                 pthread_mutex_unlock(&b->store_lock);
                 pslot_free(ps);
-            } else if (commit_pack(b, ps) < 0) {
+            } else if (commit_pack(b, ps, last) < 0) {
                 fail(b, error_errno(), "%s", error_msg());
+            } else if (last) {
+                b->committed = true;
             }
             pthread_mutex_lock(&b->store_lock);
             b->committer_busy = false;
             pthread_cond_broadcast(&b->store_cond);
             continue;
         }
-        if (b->ready.n >= ROW_FLUSH || (b->committer_stop && b->ready.n)) {
-            struct rowv v = b->ready;
-            b->ready = (struct rowv){ 0 };
+        if (b->committer_stop || b->ready.n >= ROW_FLUSH) {
+            /* Rows on their own: many between packs, or the end of a
+             * backup whose last pack was recorded before it (or that
+             * stored nothing new), with the point. */
+            bool last = b->committer_stop && b->commit_point && !b->committed;
+            if (!last && b->committer_stop)
+                break;
             b->committer_busy = true;
             pthread_mutex_unlock(&b->store_lock);
-            if (!failed(b) && flush_rows(b, &v) < 0)
-                fail(b, error_errno(), "%s", error_msg());
-            free(v.r);
+            if (!failed(b)) {
+                if (catalog_begin(b->wcat) == 0 && record_ready(b, last) == 0 &&
+                    catalog_commit(b->wcat) == 0) {
+                    b->committed = last;
+                } else {
+                    catalog_rollback(b->wcat);
+                    fail(b, error_errno(), "%s", error_msg());
+                }
+            }
             pthread_mutex_lock(&b->store_lock);
             b->committer_busy = false;
             pthread_cond_broadcast(&b->store_cond);
+            if (last)
+                break;
             continue;
         }
-        if (b->committer_stop)
-            break;
     }
     pthread_mutex_unlock(&b->store_lock);
     return NULL;
@@ -1135,9 +1182,23 @@ stop:
         free(w->out);
         free(w->parent);
     }
-    /* The last pack and the last rows go through the committer too. */
+    /* The last pack and the last rows go through the committer too, and
+     * when everything was read and processed, the point with them: one
+     * transaction records the last pack, its rows and makes the point
+     * visible. */
     pthread_mutex_lock(&b->store_lock);
     seal_open(b);
+    if (!b->err && nworkers == WORKERS && b->committer_started) {
+        np.id = b->point;
+        np.finished = agent_now();
+        np.bytes_planned = b->planned;
+        np.bytes_read = b->read_bytes;
+        np.bytes_stored = b->bytes_stored;
+        np.chunks_new = b->chunks_new;
+        np.chunks_reused = b->chunks_reused;
+        b->final = np;
+        b->commit_point = true;
+    }
     b->committer_stop = true;
     pthread_cond_broadcast(&b->store_cond);
     pthread_mutex_unlock(&b->store_lock);
@@ -1148,23 +1209,13 @@ stop:
         error_set(b->err, "%s", b->errmsg);
         goto abort;
     }
-    if (nworkers < WORKERS)
+    if (nworkers < WORKERS || !b->commit_point)
         goto abort;
+    if (!b->committed) {
+        error_set(EIO, "internal error: the point was not committed");
+        goto abort;
+    }
     agent_progress_report(&b->progress, b->read_bytes, b->planned, 1);
-
-    /* Everything read, processed and recorded: the one transaction that
-     * makes the point visible. */
-    if (flush_rows(b, &b->ready) < 0)
-        goto abort;
-    np.id = b->point;
-    np.finished = agent_now();
-    np.bytes_planned = b->planned;
-    np.bytes_read = b->read_bytes;
-    np.bytes_stored = b->bytes_stored;
-    np.chunks_new = b->chunks_new;
-    np.chunks_reused = b->chunks_reused;
-    if (catalog_point_commit(r->cat, &np) < 0)
-        goto abort;
 
     res->point = b->point;
     res->parent = np.parent;

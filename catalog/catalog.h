@@ -42,6 +42,13 @@ int catalog_integrity_check(struct catalog *c, char **report);
 int catalog_snapshot_begin(struct catalog *c);
 int catalog_snapshot_end(struct catalog *c);
 
+/* A write transaction around several calls (each of which otherwise
+ * commits on its own): one commit, one sync, all or nothing.  Calls inside
+ * it nest as savepoints. */
+int catalog_begin(struct catalog *c);
+int catalog_commit(struct catalog *c);
+void catalog_rollback(struct catalog *c);
+
 /* ---- Locks ---------------------------------------------------------------
  * A backup or prune of disk D holds "disk:D"; gc holds "gc", which excludes
  * every other lock.  A lock whose holder pid is dead on this host is broken

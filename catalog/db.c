@@ -317,6 +317,22 @@ int cat_commit(struct catalog *c)
     return 0;
 }
 
+int catalog_begin(struct catalog *c)
+{
+    return cat_begin(c);
+}
+
+int catalog_commit(struct catalog *c)
+{
+    return cat_commit(c);
+}
+
+void catalog_rollback(struct catalog *c)
+{
+    if (c->tx_depth)
+        cat_rollback(c);
+}
+
 int catalog_snapshot_begin(struct catalog *c)
 {
     if (c->tx_depth) {
