@@ -26,7 +26,9 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -306,23 +308,6 @@ static bool entry_equal(const struct pack_entry *a, const struct pack_entry *b)
 
 /* ---- Small file helpers ------------------------------------------------- */
 
-static int write_full(int fd, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 /* Reads up to len bytes at off; returns the count (short only at the end
  * of the file) or -1 with errno. */
 static ssize_t pread_full(int fd, void *buf, size_t len, uint64_t off)
@@ -396,7 +381,74 @@ static int join(char *out, size_t cap, const char *a, const char *b)
 
 /* ---- Writing ------------------------------------------------------------ */
 
+/* A pack is written through a thread of its own, from 1 MiB buffers: the
+ * workers that add chunks (under the caller's store lock) only copy into
+ * the buffer being filled, and never wait for the disk.  The file is
+ * opened with O_DIRECT where the file system takes it: the data goes from
+ * the buffer to the device without a copy into the page cache (ext4's
+ * buffered write was 12% of an incremental backup's CPU), and a backup does
+ * not push the host's cached data out with its packs.  Direct writes are
+ * whole aligned buffers; the last one is padded to DIO_ALIGN and the file
+ * truncated to its size.  Elsewhere (or when a direct write is refused
+ * with EINVAL) the writes are buffered, with writeback started every few
+ * MiB so that the fsync at the end finds little left to write (measured: a
+ * 32 MiB pack's fsync 17 ms -> 0.3 ms). */
+
+#define WRITE_BUFS 2                   /* per writer: one filling, one on its way */
+#define DIO_ALIGN 4096
 #define WRITEBACK_EVERY (4u * 1024 * 1024)
+#define POOL_MAX 8
+
+/* Write buffers outlive their writers (a backup writes one pack after
+ * another): mapped once, populated at once (cheaper than a page fault per
+ * 4 KiB), page-aligned as O_DIRECT wants. */
+static struct {
+    pthread_mutex_t lock;
+    void *free[POOL_MAX];
+    unsigned n;
+} pool = { PTHREAD_MUTEX_INITIALIZER, { 0 }, 0 };
+
+static uint8_t *buf_get(void)
+{
+    void *b = NULL;
+
+    pthread_mutex_lock(&pool.lock);
+    if (pool.n)
+        b = pool.free[--pool.n];
+    pthread_mutex_unlock(&pool.lock);
+    if (b)
+        return b;
+    b = mmap(NULL, WRITE_BUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+             -1, 0);
+    return b == MAP_FAILED ? NULL : b;
+}
+
+static void buf_put(void *b)
+{
+    if (!b)
+        return;
+    pthread_mutex_lock(&pool.lock);
+    if (pool.n < POOL_MAX) {
+        pool.free[pool.n++] = b;
+        b = NULL;
+    }
+    pthread_mutex_unlock(&pool.lock);
+    if (b)
+        munmap(b, WRITE_BUF_SIZE);
+}
+
+static bool direct_io = true;
+
+void pack_writer_direct_io(bool on)
+{
+    direct_io = on;
+}
+
+struct wjob {
+    uint8_t *buf;
+    size_t len;                    /* bytes of the file in buf */
+    uint64_t off;                  /* where they go */
+};
 
 struct pack_writer {
     char packs_dir[PATH_MAX];      /* repo_dir/packs */
@@ -411,10 +463,25 @@ struct pack_writer {
     bool finished;
     int failed;                    /* errno of an earlier write failure, or 0 */
 
-    uint8_t *buf;                  /* write buffer */
+    uint8_t *buf;                  /* the buffer being filled */
     size_t buf_len;
-    size_t unsynced;               /* bytes written since writeback was started */
+    uint64_t buf_off;              /* file offset of buf[0] */
     uint64_t offset;               /* bytes accepted (written or buffered) */
+
+    /* The I/O thread and what it shares (under mu). */
+    pthread_t io;
+    bool io_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct wjob jobs[WRITE_BUFS];  /* queued, oldest first */
+    unsigned njobs;
+    bool busy;                     /* the thread is writing jobs[0] */
+    uint8_t *spare[WRITE_BUFS];    /* written buffers, ready to fill */
+    unsigned nspare;
+    bool stop;
+    int io_err;                    /* first write error */
+    bool direct;                   /* O_DIRECT (the I/O thread may drop it) */
+    uint64_t unsynced;             /* buffered: bytes since writeback was started */
 
     struct pack_entry *entries;
     size_t count, cap;
@@ -441,44 +508,144 @@ static int writer_fail(struct pack_writer *w, int err)
     return -1;
 }
 
-/* Counts bytes that reached the file and starts their writeback every few
- * MiB, so that the pack's fsync at the end finds little left to write
- * (measured: a 32 MiB pack's fsync 17 ms -> 0.3 ms once written back). */
-static void writer_wrote(struct pack_writer *w, size_t len)
+static int pwrite_full(int fd, const uint8_t *p, size_t len, uint64_t off)
 {
-    w->unsynced += len;
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0) {
+            errno = EIO;
+            return -1;
+        }
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Writes one job (the I/O thread, without mu). */
+static int write_job(struct pack_writer *w, const struct wjob *j)
+{
+    if (w->direct) {
+        size_t padded = (j->len + DIO_ALIGN - 1) & ~(size_t)(DIO_ALIGN - 1);
+        memset(j->buf + j->len, 0, padded - j->len);
+        if (pwrite_full(w->fd, j->buf, padded, j->off) == 0)
+            return 0;
+        if (errno != EINVAL)
+            return -1;
+        /* Refused after all (an alignment this device wants, say):
+         * buffered from here on. */
+        int fl = fcntl(w->fd, F_GETFL);
+        if (fl < 0 || fcntl(w->fd, F_SETFL, fl & ~O_DIRECT) < 0)
+            return -1;
+        w->direct = false;
+    }
+    if (pwrite_full(w->fd, j->buf, j->len, j->off) < 0)
+        return -1;
+    w->unsynced += j->len;
     if (w->unsynced >= WRITEBACK_EVERY) {
         /* Only a hint: a failure shows up again at the fsync. */
         (void)sync_file_range(w->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
         w->unsynced = 0;
     }
+    return 0;
 }
 
-static int writer_flush(struct pack_writer *w)
+static void *io_main(void *opaque)
 {
-    if (w->buf_len == 0)
-        return 0;
-    if (write_full(w->fd, w->buf, w->buf_len) < 0)
-        return writer_fail(w, errno);
-    writer_wrote(w, w->buf_len);
+    struct pack_writer *w = opaque;
+
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->njobs && !w->stop)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->njobs)
+            break;
+        struct wjob j = w->jobs[0];
+        w->busy = true;
+        int err = w->io_err;
+        pthread_mutex_unlock(&w->mu);
+        if (!err && write_job(w, &j) < 0)
+            err = errno;
+        pthread_mutex_lock(&w->mu);
+        if (err && !w->io_err)
+            w->io_err = err;
+        memmove(&w->jobs[0], &w->jobs[1], --w->njobs * sizeof w->jobs[0]);
+        w->busy = false;
+        w->spare[w->nspare++] = j.buf;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Hands the filled buffer to the I/O thread and takes an empty one
+ * (waiting for one when both are on their way). */
+static int writer_submit(struct pack_writer *w)
+{
+    int err;
+
+    pthread_mutex_lock(&w->mu);
+    w->jobs[w->njobs++] = (struct wjob){ w->buf, w->buf_len, w->buf_off };
+    pthread_cond_broadcast(&w->cv);
+    w->buf = NULL;
+    while (!w->nspare && !w->io_err)
+        pthread_cond_wait(&w->cv, &w->mu);
+    if (w->nspare)
+        w->buf = w->spare[--w->nspare];
+    err = w->io_err;
+    pthread_mutex_unlock(&w->mu);
+    w->buf_off += w->buf_len;
     w->buf_len = 0;
-    return 0;
+    return err ? writer_fail(w, err) : 0;
+}
+
+/* Waits until everything submitted is written; 0 or -1. */
+static int writer_drain(struct pack_writer *w)
+{
+    int err;
+
+    pthread_mutex_lock(&w->mu);
+    while (w->njobs && !w->io_err)
+        pthread_cond_wait(&w->cv, &w->mu);
+    err = w->io_err;
+    pthread_mutex_unlock(&w->mu);
+    return err ? writer_fail(w, err) : 0;
+}
+
+static void writer_stop_io(struct pack_writer *w)
+{
+    if (!w->io_started)
+        return;
+    pthread_mutex_lock(&w->mu);
+    w->stop = true;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->io, NULL);
+    w->io_started = false;
 }
 
 static int writer_put(struct pack_writer *w, const void *data, size_t len)
 {
-    if (w->buf_len + len > WRITE_BUF_SIZE && writer_flush(w) < 0)
-        return -1;
-    if (len >= WRITE_BUF_SIZE) {
-        if (write_full(w->fd, data, len) < 0)
-            return writer_fail(w, errno);
-        writer_wrote(w, len);
-        w->offset += len;
-        return 0;
+    const uint8_t *p = data;
+
+    while (len > 0) {
+        size_t take = WRITE_BUF_SIZE - w->buf_len;
+        if (take > len)
+            take = len;
+        memcpy(w->buf + w->buf_len, p, take);
+        w->buf_len += take;
+        w->offset += take;
+        p += take;
+        len -= take;
+        if (w->buf_len == WRITE_BUF_SIZE && writer_submit(w) < 0)
+            return -1;
     }
-    memcpy(w->buf + w->buf_len, data, len);
-    w->buf_len += len;
-    w->offset += len;
     return 0;
 }
 
@@ -497,10 +664,18 @@ struct pack_writer *pack_writer_open(const char *repo_dir)
         return NULL;
     }
     w->fd = -1;
-    w->buf = malloc(WRITE_BUF_SIZE);
-    if (!w->buf) {
-        error_set(ENOMEM, "new pack: out of memory");
-        goto fail;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    for (unsigned i = 0; i < WRITE_BUFS; i++) {
+        uint8_t *b = buf_get();
+        if (!b) {
+            error_set(ENOMEM, "new pack: out of memory");
+            goto fail;
+        }
+        if (i == 0)
+            w->buf = b;
+        else
+            w->spare[w->nspare++] = b;
     }
     while (got < sizeof rnd) {
         ssize_t n = getrandom(rnd + got, sizeof rnd - got, 0);
@@ -541,6 +716,13 @@ struct pack_writer *pack_writer_open(const char *repo_dir)
         goto fail;
     }
     w->tmp_created = true;
+    int fl = fcntl(w->fd, F_GETFL);
+    w->direct = direct_io && fl >= 0 && fcntl(w->fd, F_SETFL, fl | O_DIRECT) == 0;
+    if (pthread_create(&w->io, NULL, io_main, w) != 0) {
+        error_set(EAGAIN, "new pack: cannot start its writer thread");
+        goto fail;
+    }
+    w->io_started = true;
 
     memcpy(hdr, pack_magic, 8);
     put32(hdr + 8, PACK_VERSION);
@@ -642,9 +824,16 @@ int pack_writer_finish(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t
     put32(foot + 8, (uint32_t)w->count);
     put32(foot + 12, (uint32_t)crc);
     memcpy(foot + 16, footer_magic, 8);
-    if (writer_put(w, foot, sizeof foot) < 0 || writer_flush(w) < 0)
+    if (writer_put(w, foot, sizeof foot) < 0)
         return -1;
-
+    if (w->buf_len && writer_submit(w) < 0)
+        return -1;
+    if (writer_drain(w) < 0)
+        return -1;
+    writer_stop_io(w);
+    /* Direct writes padded the last block. */
+    if (ftruncate(w->fd, (off_t)w->offset) < 0)
+        return writer_fail(w, errno);
     if (fsync(w->fd) < 0)
         return writer_fail(w, errno);
     fd = w->fd;
@@ -673,11 +862,16 @@ void pack_writer_free(struct pack_writer *w)
 {
     if (!w)
         return;
+    writer_stop_io(w);
     if (w->fd >= 0)
         close(w->fd);
     if (!w->finished && w->tmp_created)
         unlink(w->tmp_path);
-    free(w->buf);
+    buf_put(w->buf);
+    for (unsigned i = 0; i < w->nspare; i++)
+        buf_put(w->spare[i]);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
     free(w->entries);
     free(w);
 }

@@ -57,6 +57,10 @@ struct pack_entry {
 struct pack_writer;
 /* Starts a new pack under repo_dir/packs/ with a random name (temporary
  * file until pack_writer_finish). */
+/* Whether packs opened from now on try O_DIRECT (the default; the writes
+ * fall back to buffered I/O where the file system refuses it).  Tests turn
+ * it off to take the buffered path. */
+void pack_writer_direct_io(bool on);
 struct pack_writer *pack_writer_open(const char *repo_dir);
 /* Appends one stored chunk; fills e->offset.  e: hash, codec, lengths, crc. */
 int pack_writer_add(struct pack_writer *w, struct pack_entry *e, const void *stored);

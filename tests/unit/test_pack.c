@@ -970,6 +970,54 @@ static void test_scan_callback_stops(void **state)
     written_free(&wr);
 }
 
+/* Packs are written with O_DIRECT where the file system takes it (whole
+ * aligned buffers, the last padded and the file truncated back) or
+ * buffered: both give the same bytes, of the exact size, for packs ending
+ * inside a buffer and spanning several. */
+static void slurp(const char *path, uint8_t **data, size_t *len)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY);
+
+    assert_true(fd >= 0);
+    assert_int_equal(fstat(fd, &st), 0);
+    *len = (size_t)st.st_size;
+    *data = malloc(*len + 1);
+    assert_non_null(*data);
+    assert_int_equal(read(fd, *data, *len), (ssize_t)*len);
+    close(fd);
+}
+
+static void test_direct_and_buffered(void **state)
+{
+    struct fx *f = *state;
+    static const size_t counts[] = { 0, 1, 40, 300 };
+
+    for (size_t k = 0; k < sizeof counts / sizeof *counts; k++) {
+        struct written wd, wb;
+        uint8_t *dd, *db;
+        size_t ld, lb;
+
+        pack_writer_direct_io(true);
+        write_pack(f, counts[k], 40 + k, &wd);
+        pack_writer_direct_io(false);
+        write_pack(f, counts[k], 40 + k, &wb);
+        pack_writer_direct_io(true);
+        slurp(wd.path, &dd, &ld);
+        slurp(wb.path, &db, &lb);
+        assert_int_equal(ld, wd.size);
+        assert_int_equal(lb, wb.size);
+        assert_int_equal(ld, lb);
+        assert_memory_equal(dd, db, ld);
+        if (pack_scan(wd.path, true, NULL, NULL) != 0)
+            fail_msg("pack of %zu chunks: %s", counts[k], error_msg());
+        free(dd);
+        free(db);
+        written_free(&wd);
+        written_free(&wb);
+    }
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -995,6 +1043,7 @@ int main(void)
         T(test_remove_and_list),
         T(test_reader_cache),
         T(test_scan_callback_stops),
+        T(test_direct_and_buffered),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
