@@ -182,7 +182,7 @@ struct backup {
     bool committer_busy;
     pthread_t committer;
     bool committer_started;
-    struct catalog *wcat;         /* the committer's handle (main's after it stops) */
+    struct catalog *wcat;         /* the committer's handle */
     struct {                      /* count_planned's extents, kept for plan_and_read */
         struct window ext;        /* of the whole disk */
         bool valid;
@@ -415,6 +415,9 @@ static void *committer_main(void *opaque)
 {
     struct backup *b = opaque;
 
+    /* Its own handle, opened here while the backup starts reading. */
+    if (!(b->wcat = catalog_open(b->repo->catalog_path)))
+        fail(b, error_errno(), "%s", error_msg());
     pthread_mutex_lock(&b->store_lock);
     for (;;) {
         while (!b->sealed_head && b->ready.n < ROW_FLUSH && !b->committer_stop)
@@ -659,6 +662,16 @@ static void *worker_main(void *opaque)
 {
     struct worker *w = opaque;
     struct backup *b = w->b;
+
+    /* Opened here, while the main thread goes on to plan and read (each
+     * catalog handle takes a few hundred microseconds).  A worker that
+     * cannot start fails the backup, then drains its share of batches. */
+    w->outcap = chunk_bound(b->chunk);
+    if (!(w->cat = catalog_open(b->repo->catalog_path)) || !(w->reader = pack_reader_open(b->repo->dir)))
+        fail(b, error_errno(), "%s", error_msg());
+    else if (!(w->cctx = ZSTD_createCCtx()) || !(w->out = malloc(w->outcap)) ||
+             !(w->parent = malloc(b->chunk)))
+        fail(b, ENOMEM, "out of memory");
 
     for (;;) {
         pthread_mutex_lock(&b->lock);
@@ -1119,8 +1132,6 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
         goto out;
     if (!b->full && !(b->pmap = catalog_map_open(r->cat, b->parent, 0, b->ncells)))
         goto abort;
-    if (!(b->wcat = catalog_open(r->catalog_path)))
-        goto abort;
 
     /* Buffers and workers. */
     size_t bufsize = b->chunk > BATCH_BYTES ? b->chunk : BATCH_BYTES;
@@ -1139,14 +1150,6 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
     for (; nworkers < WORKERS; nworkers++) {
         struct worker *w = &workers[nworkers];
         w->b = b;
-        w->outcap = chunk_bound(b->chunk);
-        if (!(w->cat = catalog_open(r->catalog_path)) || !(w->reader = pack_reader_open(r->dir)) ||
-            !(w->cctx = ZSTD_createCCtx()) || !(w->out = malloc(w->outcap)) ||
-            !(w->parent = malloc(b->chunk))) {
-            if (!w->cctx || !w->out || !w->parent)
-                error_set(ENOMEM, "out of memory");
-            goto stop;
-        }
         if (pthread_create(&w->tid, NULL, worker_main, w) != 0) {
             error_set(EAGAIN, "cannot start a worker thread");
             goto stop;
