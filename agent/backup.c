@@ -197,6 +197,7 @@ struct pslot {
     struct pack_writer *pw;
     int32_t *index;               /* PENDING_SLOTS: entry index or -1 */
     struct rowv rows;
+    const int64_t *ids;           /* chunk ids, once its transaction has them */
 };
 
 static void fail(struct backup *b, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -346,10 +347,11 @@ static int record_ready(struct backup *b, bool last)
     return r;
 }
 
-/* Makes a sealed pack durable, then records in one transaction the pack,
+/* Makes a sealed pack durable, and records in one transaction the pack,
  * its chunks, every row ready by then (those that waited for this pack's
  * chunk ids among them) and, for the `last` pack, the point (called
- * without store_lock). */
+ * without store_lock).  The rows are written while the pack's writer
+ * thread syncs it; the transaction commits once the pack is durable. */
 static int commit_pack(struct backup *b, struct pslot *ps, bool last)
 {
     char name[PACK_NAME_MAX];
@@ -360,7 +362,7 @@ static int commit_pack(struct backup *b, struct pslot *ps, bool last)
     bool in_tx = false;
     int ret = -1;
 
-    if (n && pack_writer_finish(ps->pw, name, &psize) < 0)
+    if (n && pack_writer_seal(ps->pw, name, &psize) < 0)
         goto out;
     if (catalog_begin(b->wcat) < 0)
         goto out;
@@ -386,10 +388,10 @@ static int commit_pack(struct backup *b, struct pslot *ps, bool last)
     }
     ret = 0;
 out:
-    /* Whatever happened, the pack leaves the live list; its rows become
-     * ready (with their ids) on success. */
+    /* Its rows become ready with their ids, and rows that find its chunks
+     * from now on get the ids at once.  It stays findable until its chunks
+     * are in the catalog for every worker to see. */
     pthread_mutex_lock(&b->store_lock);
-    live_remove(b, ps);
     for (size_t i = 0; ret == 0 && i < ps->rows.n; i++) {
         struct row r = ps->rows.r[i];
         r.chunk_id = ids[r.pending];
@@ -397,14 +399,24 @@ out:
         if (rowv_push(&b->ready, r) < 0)
             ret = -1;
     }
+    ps->rows.n = 0;
+    if (ret == 0)
+        ps->ids = ids;
+    else
+        live_remove(b, ps);
     pthread_cond_broadcast(&b->store_cond);
     pthread_mutex_unlock(&b->store_lock);
     if (ret == 0)
         ret = record_ready(b, last);
+    if (ret == 0 && n && pack_writer_wait(ps->pw) < 0)
+        ret = -1;
     if (in_tx && ret == 0)
         ret = catalog_commit(b->wcat);
     else if (in_tx)
         catalog_rollback(b->wcat);
+    pthread_mutex_lock(&b->store_lock);
+    live_remove(b, ps);
+    pthread_mutex_unlock(&b->store_lock);
     free(ch);
     free(ids);
     pslot_free(ps);
@@ -488,6 +500,13 @@ static void wait_committer(struct backup *b)
 
 static int add_row_locked(struct backup *b, struct pslot *ps, struct row r)
 {
+    if (ps && ps->ids) {
+        /* Its pack is being committed: the id is known, and the row goes
+         * in with a later transaction. */
+        r.chunk_id = ps->ids[r.pending];
+        r.pending = -1;
+        ps = NULL;
+    }
     if (ps)
         return rowv_push(&ps->rows, r);
     if (rowv_push(&b->ready, r) < 0)

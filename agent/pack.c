@@ -467,6 +467,7 @@ struct pack_writer {
     size_t buf_len;
     uint64_t buf_off;              /* file offset of buf[0] */
     uint64_t offset;               /* bytes accepted (written or buffered) */
+    bool sealed;                   /* pack_writer_seal was called */
 
     /* The I/O thread and what it shares (under mu). */
     pthread_t io;
@@ -479,6 +480,8 @@ struct pack_writer {
     uint8_t *spare[WRITE_BUFS];    /* written buffers, ready to fill */
     unsigned nspare;
     bool stop;
+    bool seal;                     /* finish the file once everything is written */
+    bool sealed_ok;                /* ... and it was: durable under its final name */
     int io_err;                    /* first write error */
     bool direct;                   /* O_DIRECT (the I/O thread may drop it) */
     uint64_t unsynced;             /* buffered: bytes since writeback was started */
@@ -556,14 +559,27 @@ static int write_job(struct pack_writer *w, const struct wjob *j)
     return 0;
 }
 
+static int finish_file(struct pack_writer *w);
+
 static void *io_main(void *opaque)
 {
     struct pack_writer *w = opaque;
 
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->njobs && !w->stop)
+        while (!w->njobs && !w->stop && !w->seal)
             pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->njobs && w->seal) {
+            int err = w->io_err;
+            pthread_mutex_unlock(&w->mu);
+            if (!err && finish_file(w) < 0)
+                err = errno;
+            pthread_mutex_lock(&w->mu);
+            if (err && !w->io_err)
+                w->io_err = err;
+            w->sealed_ok = !err;
+            break;
+        }
         if (!w->njobs)
             break;
         struct wjob j = w->jobs[0];
@@ -602,19 +618,6 @@ static int writer_submit(struct pack_writer *w)
     pthread_mutex_unlock(&w->mu);
     w->buf_off += w->buf_len;
     w->buf_len = 0;
-    return err ? writer_fail(w, err) : 0;
-}
-
-/* Waits until everything submitted is written; 0 or -1. */
-static int writer_drain(struct pack_writer *w)
-{
-    int err;
-
-    pthread_mutex_lock(&w->mu);
-    while (w->njobs && !w->io_err)
-        pthread_cond_wait(&w->cv, &w->mu);
-    err = w->io_err;
-    pthread_mutex_unlock(&w->mu);
     return err ? writer_fail(w, err) : 0;
 }
 
@@ -776,11 +779,11 @@ int pack_writer_add(struct pack_writer *w, struct pack_entry *e, const void *sto
 }
 
 /* The size of the pack if it were finished now, index and footer included,
- * so that a caller can compare it with PACK_TARGET_SIZE; once finished, the
+ * so that a caller can compare it with PACK_TARGET_SIZE; once sealed, the
  * size of the file. */
 uint64_t pack_writer_size(const struct pack_writer *w)
 {
-    if (w->finished)
+    if (w->finished || w->sealed)
         return w->offset;
     return w->offset + INDEX_HDR_LEN + (uint64_t)w->count * INDEX_REC_LEN + FOOTER_LEN;
 }
@@ -795,15 +798,41 @@ const struct pack_entry *pack_writer_entries(const struct pack_writer *w)
     return w->entries;
 }
 
-int pack_writer_finish(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t *size)
+/* The end of a pack, once its last byte is written (the I/O thread):
+ * 0, or -1 with errno. */
+static int finish_file(struct pack_writer *w)
+{
+    int fd;
+
+    /* Direct writes padded the last block. */
+    if (ftruncate(w->fd, (off_t)w->offset) < 0 || fsync(w->fd) < 0)
+        return -1;
+    fd = w->fd;
+    w->fd = -1;
+    if (close(fd) < 0 || rename(w->tmp_path, w->final_path) < 0)
+        return -1;
+    /* From here the final name exists: on failure, take it back so that no
+     * pack that is not known to be durable is left under its final name.
+     * packs/ is synced even when this writer did not create xx/: another
+     * writer may have created it and not synced it yet. */
+    if (fsync_dir(w->sub_dir) < 0 || fsync_dir(w->packs_dir) < 0 ||
+        (w->new_packs_dir && fsync_dir(w->repo_dir) < 0)) {
+        int err = errno;
+        unlink(w->final_path);
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
+int pack_writer_seal(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t *size)
 {
     uint8_t rec[INDEX_REC_LEN];
     uint8_t foot[FOOTER_LEN];
     uint64_t index_off = w->offset;
     uint32_t crc = 0;
-    int fd;
 
-    if (w->finished || w->failed) {
+    if (w->finished || w->sealed || w->failed) {
         error_set(w->failed ? w->failed : EINVAL, "write pack %s: %s", w->name,
                   w->failed ? strerror(w->failed) : "already finished");
         return -1;
@@ -828,34 +857,43 @@ int pack_writer_finish(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t
         return -1;
     if (w->buf_len && writer_submit(w) < 0)
         return -1;
-    if (writer_drain(w) < 0)
-        return -1;
-    writer_stop_io(w);
-    /* Direct writes padded the last block. */
-    if (ftruncate(w->fd, (off_t)w->offset) < 0)
-        return writer_fail(w, errno);
-    if (fsync(w->fd) < 0)
-        return writer_fail(w, errno);
-    fd = w->fd;
-    w->fd = -1;
-    if (close(fd) < 0)
-        return writer_fail(w, errno);
-    if (rename(w->tmp_path, w->final_path) < 0)
-        return writer_fail(w, errno);
-    /* From here the final name exists: on failure, take it back so that no
-     * pack that is not known to be durable is left under its final name.
-     * packs/ is synced even when this writer did not create xx/: another
-     * writer may have created it and not synced it yet. */
-    if (fsync_dir(w->sub_dir) < 0 || fsync_dir(w->packs_dir) < 0 ||
-        (w->new_packs_dir && fsync_dir(w->repo_dir) < 0)) {
-        int err = errno;
-        unlink(w->final_path);
-        return writer_fail(w, err);
-    }
-    w->finished = true;
+    /* The I/O thread finishes the file after its last write. */
+    pthread_mutex_lock(&w->mu);
+    w->seal = true;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    w->sealed = true;
     memcpy(name, w->name, PACK_NAME_MAX);
     *size = w->offset;
     return 0;
+}
+
+int pack_writer_wait(struct pack_writer *w)
+{
+    int err;
+
+    if (w->finished)
+        return 0;
+    if (!w->sealed || w->failed) {
+        error_set(w->failed ? w->failed : EINVAL, "write pack %s: %s", w->name,
+                  w->failed ? strerror(w->failed) : "not sealed");
+        return -1;
+    }
+    writer_stop_io(w);
+    pthread_mutex_lock(&w->mu);
+    err = w->io_err ? w->io_err : w->sealed_ok ? 0 : EIO;
+    pthread_mutex_unlock(&w->mu);
+    if (err)
+        return writer_fail(w, err);
+    w->finished = true;
+    return 0;
+}
+
+int pack_writer_finish(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t *size)
+{
+    if (pack_writer_seal(w, name, size) < 0)
+        return -1;
+    return pack_writer_wait(w);
 }
 
 void pack_writer_free(struct pack_writer *w)
@@ -865,7 +903,10 @@ void pack_writer_free(struct pack_writer *w)
     writer_stop_io(w);
     if (w->fd >= 0)
         close(w->fd);
-    if (!w->finished && w->tmp_created)
+    /* Abandoned: a sealed pack may already stand under its final name. */
+    if (!w->finished && w->sealed_ok)
+        unlink(w->final_path);
+    else if (!w->finished && w->tmp_created)
         unlink(w->tmp_path);
     buf_put(w->buf);
     for (unsigned i = 0; i < w->nspare; i++)

@@ -72,6 +72,14 @@ const struct pack_entry *pack_writer_entries(const struct pack_writer *w);
  * "ab/ab12...ef.pack"), size its length.  The writer stays valid for
  * pack_writer_entries until pack_writer_free. */
 int pack_writer_finish(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t *size);
+/* pack_writer_finish in two steps: seal writes the trailer and leaves the
+ * rest (the last writes, fsync, rename, directory syncs) to the writer's
+ * thread, returning the name and size at once; wait returns when the pack
+ * is durable under its name (0) or failed (-1).  What needs the pack to be
+ * durable (its catalog commit) comes after wait; what does not can overlap
+ * it. */
+int pack_writer_seal(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t *size);
+int pack_writer_wait(struct pack_writer *w);
 /* Frees; removes the temporary file when not finished.  Accepts NULL. */
 void pack_writer_free(struct pack_writer *w);
 

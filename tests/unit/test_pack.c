@@ -1018,6 +1018,49 @@ static void test_direct_and_buffered(void **state)
     }
 }
 
+/* pack_writer_finish in two steps: seal hands the name and size back at
+ * once, wait returns when the pack stands durable under its name; a sealed
+ * pack abandoned before wait leaves no file behind. */
+static void test_seal_wait_abandon(void **state)
+{
+    struct fx *f = *state;
+    uint8_t *plain = malloc(200 * 1024), *stored;
+    struct pack_entry e;
+    char name[PACK_NAME_MAX];
+    uint64_t size;
+    struct listing l;
+    struct stat st;
+    char path[256];
+
+    assert_non_null(plain);
+    fill_text(plain, 200 * 1024, 50);
+    make_entry(f, plain, 200 * 1024, &e, &stored);
+    for (int abandon = 0; abandon < 2; abandon++) {
+        struct pack_writer *w = pack_writer_open(f->dir);
+        assert_non_null(w);
+        for (int i = 0; i < 12; i++) /* several buffers' worth */
+            assert_int_equal(pack_writer_add(w, &e, stored), 0);
+        assert_int_equal(pack_writer_seal(w, name, &size), 0);
+        assert_int_equal(size, pack_writer_size(w));
+        expect_error(pack_writer_seal(w, name, &size), EINVAL, "already finished", NULL);
+        if (!abandon) {
+            assert_int_equal(pack_writer_wait(w), 0);
+            assert_int_equal(pack_writer_wait(w), 0);
+            snprintf(path, sizeof path, "%s/packs/%s", f->dir, name);
+            assert_int_equal(stat(path, &st), 0);
+            assert_int_equal((uint64_t)st.st_size, size);
+            if (pack_scan(path, true, NULL, NULL) != 0)
+                fail_msg("sealed pack: %s", error_msg());
+            assert_int_equal(pack_remove(f->dir, name), 0);
+        }
+        pack_writer_free(w);
+        l = list_files(f);
+        assert_int_equal(l.packs + l.temps, 0);
+    }
+    free(stored);
+    free(plain);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -1044,6 +1087,7 @@ int main(void)
         T(test_reader_cache),
         T(test_scan_callback_stops),
         T(test_direct_and_buffered),
+        T(test_seal_wait_abandon),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
