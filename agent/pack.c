@@ -125,6 +125,9 @@ size_t chunk_bound(size_t len)
     return b > len ? b : len;
 }
 
+#define FAST_HASH_LOG 11
+#define FAST_HASH_MAX_LEN (128u * 1024)
+
 int chunk_compress(void *cctx, int level, const void *in, size_t len, void *out, size_t cap,
                    const void **stored, size_t *stored_len, uint8_t *codec)
 {
@@ -141,9 +144,18 @@ int chunk_compress(void *cctx, int level, const void *in, size_t len, void *out,
         return -1;
     }
     /* Only a result smaller than the input is worth keeping: giving zstd
-     * len - 1 bytes of room lets it give up early on incompressible data. */
+     * len - 1 bytes of room lets it give up early on incompressible data.
+     * Level 1 (the default) on chunks of up to 128 KiB takes a hash table
+     * of 2^11 entries instead of zstd's 2^13: 13% less time for 1.6% more
+     * bytes on the bench disk's data in 64 KiB chunks (2^12: 5% and 0.6%;
+     * 2^10: no faster than 2^11, 3.1% more). */
     if (len > 0) {
-        r = ZSTD_compressCCtx(cctx, out, len - 1, in, len, level);
+        ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
+        r = ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
+        if (!ZSTD_isError(r) && level == 1 && len <= FAST_HASH_MAX_LEN)
+            r = ZSTD_CCtx_setParameter(cctx, ZSTD_c_hashLog, FAST_HASH_LOG);
+        if (!ZSTD_isError(r))
+            r = ZSTD_compress2(cctx, out, len - 1, in, len);
         if (!ZSTD_isError(r)) {
             *stored = out;
             *stored_len = r;

@@ -34,8 +34,9 @@ uint32_t chunk_crc(const void *data, size_t len);
 
 /* Compresses in[len] with zstd at level into out (cap >= chunk_bound(len)).
  * Sets *stored to what to store and its length: out with CHUNK_CODEC_ZSTD,
- * or in itself with CHUNK_CODEC_RAW when compression would not shrink it.  cctx: a ZSTD_CCtx * owned by the caller
- * (one per thread). */
+ * or in itself with CHUNK_CODEC_RAW when compression would not shrink it.
+ * Level 1 on chunks up to 128 KiB uses a 2^11-entry hash table (see
+ * pack.c).  cctx: a ZSTD_CCtx * owned by the caller (one per thread). */
 size_t chunk_bound(size_t len);
 int chunk_compress(void *cctx, int level, const void *in, size_t len, void *out, size_t cap,
                    const void **stored, size_t *stored_len, uint8_t *codec);
