@@ -576,7 +576,6 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
     uint64_t cell = bt->first_cell + i, len = grid_cell_len(b->size, b->chunk, cell);
     uint8_t *data = bt->buf + (size_t)i * b->chunk;
     uint8_t hash[PACK_HASH_LEN];
-    struct catalog_chunk found;
     bool loaded = false;
 
     for (size_t f = 0; f < bt->nfills; f++) {
@@ -611,13 +610,14 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
     /* Each look-up is a read transaction of its own: a snapshot held
      * across look-ups saved little and kept the WAL from ever restarting
      * (34 MB of WAL after a 4 GiB full backup). */
-    int f = catalog_chunk_find(w->cat, hash, &found);
+    int64_t found;
+    int f = catalog_chunk_id(w->cat, hash, &found);
     if (f < 0)
         return -1;
     if (f > 0) {
         pthread_mutex_lock(&b->store_lock);
         b->chunks_reused++;
-        int r = add_row_locked(b, NULL, (struct row){ cell, 1, found.id, -1 });
+        int r = add_row_locked(b, NULL, (struct row){ cell, 1, found, -1 });
         pthread_mutex_unlock(&b->store_lock);
         return r;
     }

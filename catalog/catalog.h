@@ -111,6 +111,9 @@ struct catalog_chunk {
 /* By hash: 1 found (*out filled), 0 not found, -1 error. */
 int catalog_chunk_find(struct catalog *c, const uint8_t hash[CATALOG_HASH_LEN],
                        struct catalog_chunk *out);
+/* The dedup look-up: only the id (no join with the packs).  1 found, 0 not
+ * found, -1 error. */
+int catalog_chunk_id(struct catalog *c, const uint8_t hash[CATALOG_HASH_LEN], int64_t *id);
 int catalog_chunk_get(struct catalog *c, int64_t id, struct catalog_chunk *out);
 /* Records a durable pack and its chunks in one transaction.  A chunk whose
  * hash is already known keeps its first location.  ids[i] receives the

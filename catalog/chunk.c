@@ -139,8 +139,7 @@ static int insert_pack(struct catalog *c, const char *name, uint64_t size, int64
     return 0;
 }
 
-/* The id of a hash's row: 1 (in *id), 0 if there is none, or -1. */
-static int chunk_id_of(struct catalog *c, const uint8_t *hash, int64_t *id)
+int catalog_chunk_id(struct catalog *c, const uint8_t hash[CATALOG_HASH_LEN], int64_t *id)
 {
     sqlite3_stmt *st = cat_stmt(c, "SELECT id FROM chunks WHERE " CHUNK_BY_HASH(""));
     int rc;
@@ -152,7 +151,7 @@ static int chunk_id_of(struct catalog *c, const uint8_t *hash, int64_t *id)
     if (rc == SQLITE_ROW)
         *id = sqlite3_column_int64(st, 0);
     else if (rc != SQLITE_DONE)
-        cat_fail(c, "add pack");
+        cat_fail(c, "find chunk");
     cat_done(c, st);
     return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
@@ -175,7 +174,7 @@ int catalog_pack_add(struct catalog *c, const char *pack_name, uint64_t pack_siz
 
         /* A known chunk keeps its first location: one row per hash (this
          * look-up and the insert share the write transaction). */
-        int known = chunk_id_of(c, ch->hash, &ids[i]);
+        int known = catalog_chunk_id(c, ch->hash, &ids[i]);
         if (known == -1)
             goto fail;
         if (known)

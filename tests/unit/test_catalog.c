@@ -234,7 +234,7 @@ static void test_migrate_from_v1(void **state UNUSED)
     struct catalog *c;
     struct catalog_chunk ch, add[2];
     uint8_t h[CATALOG_HASH_LEN];
-    int64_t ids[2];
+    int64_t ids[2], id;
     sqlite3 *db;
     sqlite3_stmt *st;
 
@@ -277,12 +277,16 @@ static void test_migrate_from_v1(void **state UNUSED)
         assert_string_equal(ch.pack, i % 2 ? "bb/b.pack" : "aa/a.pack");
         assert_int_equal(ch.offset, 100 * i);
         assert_int_equal(ch.crc, 7 * i);
+        CHECK(catalog_chunk_id(c, h, &id) == 1);
+        assert_int_equal(id, i);
     }
     v1_hash(h, 5);
     CHECK(catalog_chunk_find(c, h, &ch) == 0);
+    CHECK(catalog_chunk_id(c, h, &id) == 0);
     v1_hash(h, 1);
     h[31] ^= 1; /* the first 8 bytes of chunks 1 and 2, neither hash */
     CHECK(catalog_chunk_find(c, h, &ch) == 0);
+    CHECK(catalog_chunk_id(c, h, &id) == 0);
 
     /* A known hash keeps its row; a new one gets an id past the deleted 5. */
     memset(add, 0, sizeof add);
