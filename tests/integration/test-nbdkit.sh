@@ -1,12 +1,14 @@
 #!/bin/bash
 # Against nbdkit: the memory and sparse-random plugins map as nbdinfo
 # --map does, and a 4-connection pool download equals nbdcopy's copy (and,
-# for memory, the data written); the error filter makes pread, download and
+# for memory, the data written); a file of 1000003 bytes backs up and
+# restores bit-identically (also to /dev/null); the error filter makes pread, download and
 # map fail with exit 1 and the I/O error named, leaving no output file; the
 # delay filter gives slow but correct replies.
 . "$(dirname "$0")/lib.sh"
 requires nbdkit memory --version
 requires nbdkit sparse-random --version
+requires nbdkit file --version
 requires nbdkit --filter=error memory 1M --version
 requires nbdkit --filter=delay memory 1M --version
 requires nbdinfo --version
@@ -65,6 +67,17 @@ cmp sr.nbdcopy sr.pool || fail "pool download of sparse-random differs from nbdc
 off=$(awk '$4 == "data" { print $1 + 4096; exit }' sr.nbdvault)
 run $NBDCORE_TOOL pread "$sr" "$off" 100000 > piece
 cmp piece <(tail -c +$((off + 1)) sr.nbdcopy | head -c 100000) || fail "pread at $off differs"
+
+# ---- an export of an odd size, backed up and restored ---------------------
+# 1000003 bytes: the last cell is not a multiple of any block size, so the
+# restore's direct writes must fall back for it; the bytes must come back.
+head -c 1000003 /dev/urandom > odd.bin
+start_nbdkit odd.sock file odd.bin
+run $NBDVAULT backup "nbd+unix:///?socket=$testdir/odd.sock" --repo odd.repo --disk odd
+run $NBDVAULT restore --repo odd.repo --disk odd --output odd.out
+cmp odd.bin odd.out || fail "a disk of 1000003 bytes does not restore bit-identically"
+# A special file that cannot sync is a valid target (a read-back test).
+run $NBDVAULT restore --repo odd.repo --disk odd --output /dev/null
 
 # ---- the error filter: every read fails with EIO --------------------------
 start_nbdkit err.sock --filter=error sparse-random size=64M seed=3 error-pread-rate=100% error=EIO
