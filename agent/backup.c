@@ -538,16 +538,27 @@ struct worker {
     uint8_t *parent;              /* decoded parent chunk */
 };
 
+/* Whether a cell is all zeroes, reading all of it: the SHA-256 that
+ * follows runs on a cell already in the cache.  Straight from memory it
+ * took 1.18 GB/s here, 1.64 GB/s after this pass (which reads at over
+ * 20 GB/s); stopping at the first non-zero byte saved nothing. */
 static bool all_zero(const uint8_t *p, size_t len)
 {
-    static const uint8_t zero[4096];
-    while (len >= sizeof zero) {
-        if (memcmp(p, zero, sizeof zero))
-            return false;
-        p += sizeof zero;
-        len -= sizeof zero;
+    uint64_t acc[8] = { 0 };
+    size_t i = 0;
+
+    for (; i + 64 <= len; i += 64) {
+        uint64_t w[8];
+        memcpy(w, p + i, 64);
+        for (int k = 0; k < 8; k++)
+            acc[k] |= w[k];
     }
-    return memcmp(p, zero, len) == 0;
+    uint64_t any = 0;
+    for (int k = 0; k < 8; k++)
+        any |= acc[k];
+    for (; i < len; i++)
+        any |= p[i];
+    return any == 0;
 }
 
 static int load_parent(struct worker *w, int64_t chunk_id, uint64_t len)
