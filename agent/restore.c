@@ -67,12 +67,6 @@ struct restore {
     uint64_t unsynced;            /* bytes written since writeback was started */
     struct agent_progress progress;
 
-    /* Writeback is started by a thread of its own: sync_file_range can
-     * block when the disk's queue is full, and the writer must not. */
-    pthread_t wb_tid;
-    bool wb_started, wb_pending, wb_stop;
-    pthread_mutex_t wb_lock;
-    pthread_cond_t wb_cond;
 
     /* File target: decoded chunks are written by a thread of their own
      * (under lock: wr_cond, wr_stop), with O_DIRECT where the output takes
@@ -82,54 +76,6 @@ struct restore {
     pthread_cond_t wr_cond;
     bool direct;
 };
-
-static void *writeback_main(void *opaque)
-{
-    struct restore *rs = opaque;
-
-    pthread_mutex_lock(&rs->wb_lock);
-    for (;;) {
-        while (!rs->wb_pending && !rs->wb_stop)
-            pthread_cond_wait(&rs->wb_cond, &rs->wb_lock);
-        if (!rs->wb_pending)
-            break;
-        rs->wb_pending = false;
-        pthread_mutex_unlock(&rs->wb_lock);
-        /* Only a hint: a failure shows up again at the fsync. */
-        (void)sync_file_range(rs->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-        pthread_mutex_lock(&rs->wb_lock);
-    }
-    pthread_mutex_unlock(&rs->wb_lock);
-    return NULL;
-}
-
-/* Asks for writeback of what was written so far. */
-static void writeback_kick(struct restore *rs)
-{
-    if (!rs->wb_started) {
-        if (pthread_create(&rs->wb_tid, NULL, writeback_main, rs) != 0) {
-            (void)sync_file_range(rs->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-            return;
-        }
-        rs->wb_started = true;
-    }
-    pthread_mutex_lock(&rs->wb_lock);
-    rs->wb_pending = true;
-    pthread_cond_signal(&rs->wb_cond);
-    pthread_mutex_unlock(&rs->wb_lock);
-}
-
-static void writeback_stop(struct restore *rs)
-{
-    if (!rs->wb_started)
-        return;
-    pthread_mutex_lock(&rs->wb_lock);
-    rs->wb_stop = true;
-    pthread_cond_signal(&rs->wb_cond);
-    pthread_mutex_unlock(&rs->wb_lock);
-    pthread_join(rs->wb_tid, NULL);
-    rs->wb_started = false;
-}
 
 static void rfail(struct restore *rs, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void rfail(struct restore *rs, int err, const char *fmt, ...)
@@ -423,11 +369,13 @@ static void *file_writer_main(void *opaque)
                     __atomic_fetch_add(&rs->written, total, __ATOMIC_RELAXED);
                     /* Buffered: start writeback as we go, so that the final
                      * fsync does not find the whole disk still in the page
-                     * cache. */
+                     * cache (only a hint: a failure shows up again at the
+                     * fsync).  This thread may block in it; the workers go
+                     * on decoding into the other half of the buffers. */
                     rs->unsynced += total;
                     if (!__atomic_load_n(&rs->direct, __ATOMIC_RELAXED) &&
                         rs->unsynced >= WRITEBACK_EVERY) {
-                        writeback_kick(rs);
+                        (void)sync_file_range(rs->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
                         rs->unsynced = 0;
                     }
                 }
@@ -527,8 +475,6 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
     memset(workers, 0, sizeof workers);
     memset(res, 0, sizeof *res);
     pthread_mutex_init(&rs.lock, NULL);
-    pthread_mutex_init(&rs.wb_lock, NULL);
-    pthread_cond_init(&rs.wb_cond, NULL);
     pthread_cond_init(&rs.cond, NULL);
     pthread_cond_init(&rs.wr_cond, NULL);
     rs.progress = (struct agent_progress){ o->progress, o->opaque, 0 };
@@ -729,7 +675,6 @@ stop:
         pack_reader_close(workers[i].reader);
     }
     file_writer_stop(&rs);
-    writeback_stop(&rs);
     if (rs.err) {
         error_set(rs.err, "%s", rs.errmsg);
         goto out;
@@ -787,9 +732,6 @@ out:
         free(rs.items[i].buf);
     free(rs.zeros);
     free(tmp);
-    writeback_stop(&rs);
-    pthread_mutex_destroy(&rs.wb_lock);
-    pthread_cond_destroy(&rs.wb_cond);
     pthread_mutex_destroy(&rs.lock);
     pthread_cond_destroy(&rs.cond);
     pthread_cond_destroy(&rs.wr_cond);
