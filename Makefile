@@ -10,7 +10,7 @@
 
 CC       ?= cc
 PREFIX   ?= /usr/local
-PKGS     := gnutls libzstd sqlite3 libcurl json-c inih libisal
+PKGS     := gnutls libzstd sqlite3 libcurl json-c inih libisal libvirt
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -41,6 +41,7 @@ endif
 NBDCORE_SRCS := $(wildcard nbdcore/*.c)
 CATALOG_SRCS := $(wildcard catalog/*.c)
 AGENT_SRCS   := $(wildcard agent/*.c)
+VM_SRCS      := $(wildcard vm/*.c)
 COMMON_SRCS  := $(wildcard common/*.c)
 CLI_SRCS     := $(wildcard cli/*.c)
 
@@ -75,7 +76,7 @@ $(NBDCORE_LIB): $(call obj,$(NBDCORE_SRCS) $(COMMON_SRCS))
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(APP_LIB): $(call obj,$(AGENT_SRCS) $(CATALOG_SRCS) $(filter-out cli/main.c,$(CLI_SRCS)))
+$(APP_LIB): $(call obj,$(AGENT_SRCS) $(VM_SRCS) $(CATALOG_SRCS) $(filter-out cli/main.c,$(CLI_SRCS)))
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
