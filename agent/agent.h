@@ -41,6 +41,16 @@ struct agent_backup_opts {
     bool full;                    /* force a full backup */
     unsigned connections;         /* 0 = default */
     int compress_level;           /* zstd level; 0 = default */
+    uint64_t max_rate;            /* bytes per second read, over all connections; 0 = no limit */
+    /* What the point records of its source (agent_backup_vm sets them):
+     * source_kind "nbd" (NULL) / "libvirt" / "qmp", the VM's identity, the
+     * checkpoint its job created, and why a full point is full. */
+    const char *source_kind, *vm_uuid, *checkpoint, *full_reason;
+    const char *source_label;     /* recorded instead of uri when set */
+    /* Called once every read has returned and the connections are closed,
+     * before the last pack and the point are committed. */
+    void (*reads_done)(void *reads_opaque);
+    void *reads_opaque;
     agent_progress_fn progress;
     agent_warn_fn warn;
     void *opaque;
@@ -59,6 +69,52 @@ struct agent_backup_result {
 int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
                  struct agent_backup_result *res);
 
+/* ---- Running VMs ---------------------------------------------------------
+ * One backup job of a running VM (libvirt or QMP, through vm/): every
+ * selected disk at one consistent moment, recorded as "VM/DISK".  Each
+ * disk's backup is incremental from the checkpoint its last point created
+ * when the catalog and the hypervisor agree that it is safe (same VM, same
+ * size, checkpoint present and consistent), full with the reason otherwise.
+ * The checkpoint the job creates becomes the base of the next run once the
+ * points are committed; older ones are deleted then, never before. */
+struct agent_vm_opts {
+    bool qmp;                     /* false: libvirt */
+    const char *domain;           /* libvirt: domain name or UUID */
+    const char *connect;          /* libvirt: connection URI (NULL = qemu:///system) */
+    const char *qmp_socket;       /* QMP: the monitor socket */
+    const char *vm_name;          /* QMP: the name (NULL = query-name) */
+    const char *const *disks;     /* targets / node names; ndisks 0 = every disk */
+    size_t ndisks;
+    const char *workdir;          /* private job directories (NULL = $TMPDIR or /var/tmp) */
+    bool full;
+    unsigned connections;
+    int compress_level;
+    uint64_t max_rate;            /* bytes per second over all reads; 0 = no limit */
+    /* Called before each disk's backup with its name ("vm1/vda"). */
+    void (*disk_start)(void *opaque, const char *disk);
+    /* Info lines: what was decided and cleaned up ("vm1/vda: full backup:
+     * checkpoint X does not exist"). */
+    void (*note)(void *opaque, const char *msg);
+    agent_progress_fn progress;
+    agent_warn_fn warn;
+    void *opaque;
+};
+
+struct agent_vm_disk_result {
+    char disk[256];               /* "vm1/vda" */
+    bool ok;
+    char error[1024];             /* when !ok */
+    char full_reason[256];        /* why it is full ("" = first backup or --full) */
+    struct agent_backup_result r; /* when ok */
+};
+
+/* Backs up the VM's disks.  *res receives one entry per selected disk
+ * (malloc'ed, *n of them), also when some failed.  Returns 0 when every
+ * disk succeeded, -1 when any failed or nothing could start (then *n may be
+ * 0 and the error says why). */
+int agent_backup_vm(struct agent_repo *r, const struct agent_vm_opts *o,
+                    struct agent_vm_disk_result **res, size_t *n);
+
 struct agent_point {
     int64_t id, parent;
     char disk[256];
@@ -67,6 +123,10 @@ struct agent_point {
     uint64_t disk_size, bytes_stored, bytes_read;
     char source_uri[512];
     char bitmap[256];
+    char source_kind[16];         /* "nbd", "libvirt", "qmp" */
+    char vm_uuid[64];
+    char checkpoint[128];         /* the checkpoint its job created ("" for nbd) */
+    char full_reason[256];        /* why a full point is full ("" = first, or --full) */
 };
 
 /* Complete points, oldest first; disk NULL = every disk. */

@@ -148,6 +148,7 @@ struct backup {
     bool prun_valid;
     struct agent_progress progress;
     uint64_t planned, read_bytes;
+    double rate_start;            /* --max-rate: when the first read was sent */
 
     /* Batches. */
     struct batch batches[NBATCHES];
@@ -767,6 +768,35 @@ static struct nbd_conn *least_loaded(struct backup *b)
     return best;
 }
 
+/* --max-rate: before sending len more bytes of reads, waits (driving the
+ * connections meanwhile, so that replies keep flowing) until the bytes sent
+ * since the first read are within the rate, with one batch of burst. */
+static void throttle(struct backup *b, uint64_t len)
+{
+    uint64_t rate = b->o->max_rate;
+
+    if (!rate)
+        return;
+    double now = agent_now();
+    if (b->rate_start == 0)
+        b->rate_start = now;
+    for (;;) {
+        double due = b->rate_start + (double)(b->read_bytes + len) / (double)rate;
+        double wait = due - now - (double)BATCH_BYTES / (double)rate;
+        if (wait <= 0 || failed(b))
+            return;
+        int ms = wait > 0.25 ? 250 : (int)(wait * 1000) + 1;
+        if (nbd_pool_poll(b->pool, b->efd, ms) > 0) {
+            uint64_t v;
+            if (read(b->efd, &v, sizeof v) < 0) {
+                /* nothing to drain */
+            }
+        }
+        agent_progress_report(&b->progress, b->read_bytes, b->planned, 0);
+        now = agent_now();
+    }
+}
+
 static void dispatch(struct backup *b, struct batch *bt)
 {
     pthread_mutex_lock(&b->lock);
@@ -776,6 +806,10 @@ static void dispatch(struct backup *b, struct batch *bt)
         queue_work(b, bt);
         return;
     }
+    uint64_t total = 0;
+    for (size_t i = 0; i < bt->nreads; i++)
+        total += bt->reads[i].end - bt->reads[i].start;
+    throttle(b, total);
     bt->reads_pending = 1; /* held while submitting */
     uint64_t base = grid_cell_start(b->chunk, bt->first_cell);
     for (size_t i = 0; i < bt->nreads; i++) {
@@ -1156,8 +1190,13 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
 
     struct catalog_point np = { .disk_id = disk_id, .parent = b->full ? 0 : b->parent,
                                 .full = b->full, .started = t0, .disk_size = b->size };
-    snprintf(np.source_uri, sizeof np.source_uri, "%s", o->uri);
+    snprintf(np.source_uri, sizeof np.source_uri, "%s", o->source_label ? o->source_label : o->uri);
     snprintf(np.bitmap, sizeof np.bitmap, "%s", o->bitmap ? o->bitmap : "");
+    snprintf(np.source_kind, sizeof np.source_kind, "%s", o->source_kind ? o->source_kind : "nbd");
+    snprintf(np.vm_uuid, sizeof np.vm_uuid, "%s", o->vm_uuid ? o->vm_uuid : "");
+    snprintf(np.checkpoint, sizeof np.checkpoint, "%s", o->checkpoint ? o->checkpoint : "");
+    snprintf(np.full_reason, sizeof np.full_reason, "%s",
+             b->full && o->full_reason ? o->full_reason : "");
     if ((b->point = catalog_point_begin(r->cat, &np)) < 0)
         goto out;
     if (!b->full && !(b->pmap = catalog_map_open(r->cat, b->parent, 0, b->ncells)))
@@ -1199,6 +1238,13 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
     }
     agent_progress_report(&b->progress, 0, b->planned, 1);
     plan_and_read(b);
+    /* Every read has returned: the source is not needed any more (a VM's
+     * backup job can end now, while the last pack is committed). */
+    res->connections = nbd_pool_size(b->pool);
+    nbd_pool_close(b->pool);
+    b->pool = NULL;
+    if (o->reads_done)
+        o->reads_done(o->reads_opaque);
 
 stop:
     pthread_mutex_lock(&b->lock);
@@ -1259,7 +1305,6 @@ stop:
     res->bytes_stored = b->bytes_stored;
     res->chunks_new = b->chunks_new;
     res->chunks_reused = b->chunks_reused;
-    res->connections = nbd_pool_size(b->pool);
     res->seconds = agent_now() - t0;
     ret = 0;
     goto out;

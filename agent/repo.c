@@ -155,6 +155,10 @@ static int list_one(void *opaque, const struct catalog_point *cp)
     snprintf(p.disk, sizeof p.disk, "%s", cp->disk);
     snprintf(p.source_uri, sizeof p.source_uri, "%s", cp->source_uri);
     snprintf(p.bitmap, sizeof p.bitmap, "%s", cp->bitmap);
+    snprintf(p.source_kind, sizeof p.source_kind, "%s", cp->source_kind);
+    snprintf(p.vm_uuid, sizeof p.vm_uuid, "%s", cp->vm_uuid);
+    snprintf(p.checkpoint, sizeof p.checkpoint, "%s", cp->checkpoint);
+    snprintf(p.full_reason, sizeof p.full_reason, "%s", cp->full_reason);
     return l->fn(l->opaque, &p);
 }
 

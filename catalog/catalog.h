@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define CATALOG_HASH_LEN 32        /* SHA-256 */
-#define CATALOG_FORMAT_VERSION 2
+#define CATALOG_FORMAT_VERSION 3
 
 struct catalog;
 
@@ -71,6 +71,10 @@ struct catalog_point {
     uint64_t disk_size;
     char source_uri[512];
     char bitmap[256];
+    char source_kind[16];         /* "nbd", "libvirt", "qmp" ("" = "nbd") */
+    char vm_uuid[64];             /* the VM's identity ("" for an NBD URI) */
+    char checkpoint[128];         /* the checkpoint this point's job created */
+    char full_reason[256];        /* why a full point is full ("" = first or asked) */
     uint64_t bytes_planned, bytes_read, bytes_stored;
     uint64_t chunks_new, chunks_reused;
 };
@@ -87,7 +91,8 @@ int catalog_point_get(struct catalog *c, int64_t id, struct catalog_point *p);
 int catalog_point_list(struct catalog *c, const char *disk,
                        int (*fn)(void *opaque, const struct catalog_point *p), void *opaque);
 /* Starts a point in status 'running' (invisible to list/latest) and returns
- * its id.  p: disk_id, parent, full, started, disk_size, source_uri, bitmap. */
+ * its id.  p: disk_id, parent, full, started, disk_size, source_uri, bitmap,
+ * source_kind, vm_uuid, checkpoint, full_reason. */
 int64_t catalog_point_begin(struct catalog *c, const struct catalog_point *p);
 /* Records the statistics and flips the point to 'complete' in one
  * transaction. */

@@ -132,6 +132,18 @@ static const char SCHEMA_V2[] =
     "CREATE INDEX chunks_hkey ON chunks(substr(hash, 1, 8));"
     "CREATE INDEX chunks_pack ON chunks(pack_id, offset);";
 
+/* Version 3: what a point was taken from, so that the next backup of a
+ * running VM can tell whether an incremental is safe: the VM's identity
+ * (libvirt UUID / QMP name and UUID), the checkpoint the point's job
+ * created (the base of the next incremental), and why a point is full when
+ * an incremental was asked for.  Older points read as '' (taken from an
+ * NBD URI). */
+static const char SCHEMA_V3[] =
+    "ALTER TABLE points ADD COLUMN source_kind TEXT NOT NULL DEFAULT 'nbd';"
+    "ALTER TABLE points ADD COLUMN vm_uuid TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE points ADD COLUMN checkpoint TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE points ADD COLUMN full_reason TEXT NOT NULL DEFAULT '';";
+
 struct migration {
     const char *sql;
     int (*fn)(struct catalog *c);  /* data changes after sql, may be NULL */
@@ -140,6 +152,7 @@ struct migration {
 static const struct migration migrations[] = {
     { SCHEMA_V1, NULL },               /* version 1 */
     { SCHEMA_V2, NULL },               /* version 2 */
+    { SCHEMA_V3, NULL },               /* version 3 */
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))

@@ -21,7 +21,8 @@
 #define POINT_SELECT \
     "SELECT p.id, p.disk_id, d.name, p.parent_id, p.kind, p.status, p.started, p.finished, " \
     "p.disk_size, p.source_uri, p.bitmap, p.bytes_planned, p.bytes_read, p.bytes_stored, " \
-    "p.chunks_new, p.chunks_reused FROM points p JOIN disks d ON d.id = p.disk_id "
+    "p.chunks_new, p.chunks_reused, p.source_kind, p.vm_uuid, p.checkpoint, p.full_reason " \
+    "FROM points p JOIN disks d ON d.id = p.disk_id "
 
 static void point_from_row(sqlite3_stmt *st, struct catalog_point *p)
 {
@@ -42,6 +43,10 @@ static void point_from_row(sqlite3_stmt *st, struct catalog_point *p)
     p->bytes_stored = cat_column_u64(st, 13);
     p->chunks_new = cat_column_u64(st, 14);
     p->chunks_reused = cat_column_u64(st, 15);
+    cat_column_text(st, 16, p->source_kind, sizeof p->source_kind);
+    cat_column_text(st, 17, p->vm_uuid, sizeof p->vm_uuid);
+    cat_column_text(st, 18, p->checkpoint, sizeof p->checkpoint);
+    cat_column_text(st, 19, p->full_reason, sizeof p->full_reason);
 }
 
 /* Runs a point query returning at most one row: 1, 0 or -1. */
@@ -191,8 +196,12 @@ int64_t catalog_point_begin(struct catalog *c, const struct catalog_point *p)
     int r;
 
     if (!terminated(p->source_uri, sizeof p->source_uri) ||
-        !terminated(p->bitmap, sizeof p->bitmap)) {
-        error_set(EINVAL, "catalog: begin point: source URI or bitmap name not terminated");
+        !terminated(p->bitmap, sizeof p->bitmap) ||
+        !terminated(p->source_kind, sizeof p->source_kind) ||
+        !terminated(p->vm_uuid, sizeof p->vm_uuid) ||
+        !terminated(p->checkpoint, sizeof p->checkpoint) ||
+        !terminated(p->full_reason, sizeof p->full_reason)) {
+        error_set(EINVAL, "catalog: begin point: a text field is not terminated");
         return -1;
     }
     if (p->full != (p->parent == 0)) {
@@ -218,8 +227,9 @@ int64_t catalog_point_begin(struct catalog *c, const struct catalog_point *p)
         }
     }
     st = cat_stmt(c, "INSERT INTO points(disk_id, parent_id, kind, status, started, disk_size, "
-                     "source_uri, bitmap, holder_pid, holder_host) "
-                     "VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9)");
+                     "source_uri, bitmap, holder_pid, holder_host, source_kind, vm_uuid, checkpoint, "
+                     "full_reason) "
+                     "VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
     if (!st)
         goto fail;
     sqlite3_bind_int64(st, 1, p->disk_id);
@@ -232,6 +242,10 @@ int64_t catalog_point_begin(struct catalog *c, const struct catalog_point *p)
     sqlite3_bind_text(st, 7, p->bitmap, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, c->pid);
     sqlite3_bind_text(st, 9, c->host, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 10, p->source_kind[0] ? p->source_kind : "nbd", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 11, p->vm_uuid, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 12, p->checkpoint, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 13, p->full_reason, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
         if (sqlite3_extended_errcode(c->db) == SQLITE_CONSTRAINT_FOREIGNKEY)
             error_set(ENOENT, "catalog: begin point: disk %lld does not exist",
