@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <json-c/json.h>
 
+struct agent_repo;
+
 /* Exit codes (documented in README.md). */
 #define CLI_EXIT_OK      0
 #define CLI_EXIT_FAIL    1   /* the command failed: message on stderr */
@@ -30,6 +32,33 @@ int cli_verify(int argc, char **argv);
 int cli_prune(int argc, char **argv);
 int cli_gc(int argc, char **argv);
 int cli_serve(int argc, char **argv);
+int cli_run(int argc, char **argv);
+
+/* What one backup reads: an NBD export, a libvirt domain or a QMP socket
+ * (`backup`'s options, or one section of `run`'s file). */
+#define CLI_MAX_DISKS 64
+struct cli_source {
+    const char *name;             /* for messages: the section, domain, socket or disk */
+    const char *uri, *disk, *bitmap;          /* NBD */
+    const char *libvirt, *connect;            /* libvirt */
+    const char *qmp, *vm;                     /* QMP */
+    const char *disks[CLI_MAX_DISKS];         /* --disk targets / --node nodes */
+    size_t ndisks;
+    unsigned n_disk_opts, n_node_opts;        /* for the usage checks */
+    const char *workdir;
+    bool full;
+    unsigned connections;
+    int compress_level;
+    uint64_t max_rate;
+};
+/* Usage checks (prints the error): 0 or -1. */
+int cli_source_check(const struct cli_source *s, const char *cmd);
+int cli_source_add_disk(struct cli_source *s, const char *name, const char *cmd);
+/* Backs up s into r.  Results: appended to arr when given, else printed
+ * (JSON when json).  Errors are printed.  0 when every disk succeeded. */
+struct json_object;
+int cli_backup_source(struct agent_repo *r, const struct cli_source *s, bool json,
+                      struct json_object *arr, const char *cmd);
 
 /* The configuration file (--config FILE); the command line overrides it. */
 struct cli_config {
@@ -38,6 +67,9 @@ struct cli_config {
     unsigned connections;
     int compress_level;
     char *bitmap;
+    char *work_dir;               /* [backup] work_dir */
+    char *connect;                /* [backup] libvirt_connect */
+    uint64_t max_rate;            /* [backup] max_rate */
 };
 void cli_config_defaults(struct cli_config *c);
 int cli_config_load(struct cli_config *c, const char *path, const char *cmd); /* prints errors */

@@ -79,6 +79,15 @@ static int on_key(void *user, const char *section, const char *name, const char 
     } else if (!strcmp(section, "backup") && !strcmp(name, "compress_level")) {
         if (cli_parse_unsigned(value, 22, (unsigned *)&c->compress_level) < 0 || !c->compress_level)
             goto bad;
+    } else if (!strcmp(section, "backup") && !strcmp(name, "max_rate")) {
+        if (cli_parse_size(value, &c->max_rate) < 0)
+            goto bad;
+    } else if (!strcmp(section, "backup") && !strcmp(name, "work_dir")) {
+        free(c->work_dir);
+        c->work_dir = strdup(value);
+    } else if (!strcmp(section, "backup") && !strcmp(name, "libvirt_connect")) {
+        free(c->connect);
+        c->connect = strdup(value);
     } else if (!strcmp(section, "backup") && !strcmp(name, "bitmap")) {
         free(c->bitmap);
         c->bitmap = strdup(value);
@@ -112,4 +121,6 @@ void cli_config_free(struct cli_config *c)
 {
     free(c->repo);
     free(c->bitmap);
+    free(c->work_dir);
+    free(c->connect);
 }

@@ -7,6 +7,7 @@
 #include "agent/agent.h"
 #include "cli/cli.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "nbdcore/nbdcore.h"
 
 int cli_try_help(const char *cmd)
@@ -68,14 +69,15 @@ void cli_human_size(char *buf, size_t cap, uint64_t bytes)
         snprintf(buf, cap, "%.1f%c", (double)bytes / (double)div, units[u]);
 }
 
+/* nbdcore's levels: 0 error, 1 warning, 2 debug. */
 static void log_cb(void *opaque, int level, const char *msg)
 {
-    if (level < 2 || getenv("NBDVAULT_DEBUG"))
-        fprintf(stderr, "%s: %s%s\n", cli_progname, level == 0 ? "error: " : level == 1 ? "warning: " : "debug: ", msg);
+    log_msg(level == 0 ? LOG_LEVEL_ERROR : level == 1 ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, "%s", msg);
 }
 
 void cli_setup_logging(void)
 {
+    log_setup(cli_progname, LOG_LEVEL_WARN, false, false);
     nbd_set_log(log_cb, NULL);
 }
 
