@@ -27,6 +27,9 @@ int agent_repo_init(const char *dir, uint32_t chunk_size);
 struct agent_repo *agent_repo_open(const char *dir, bool create);
 void agent_repo_close(struct agent_repo *r);
 uint32_t agent_repo_chunk_size(const struct agent_repo *r);
+/* The lock that keeps two `nbdvault run`s off one repository: a descriptor
+ * to close to release it, or -1 with EBUSY naming the holder. */
+int agent_repo_run_lock(struct agent_repo *r);
 
 /* Progress of long work: done / total bytes, called at most a few times a
  * second and once at the end. */

@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -167,4 +169,48 @@ int agent_list(struct agent_repo *r, const char *disk,
 {
     struct list_ctx l = { fn, opaque };
     return catalog_point_list(r->cat, disk, list_one, &l);
+}
+
+/* The lock of `nbdvault run`: an flock on run.lock in the repository, held
+ * as long as the returned descriptor is open (a killed run's lock goes
+ * with its process).  The file holds the holder's pid and host, for the
+ * message of the one refused. */
+int agent_repo_run_lock(struct agent_repo *r)
+{
+    char *path = join(r->dir, "run.lock");
+    char host[256] = "";
+    int fd;
+
+    if (!path)
+        return -1;
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        error_set(errno, "%s: %s", path, strerror(errno));
+        free(path);
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int err = errno;
+        char holder[300] = "";
+        ssize_t n = pread(fd, holder, sizeof holder - 1, 0);
+        holder[n > 0 ? n : 0] = 0;
+        holder[strcspn(holder, "\n")] = 0;
+        if (err == EWOULDBLOCK)
+            error_set(EBUSY, "repository %s: another nbdvault run holds it (%s)", r->dir,
+                      holder[0] ? holder : "holder unknown");
+        else
+            error_set(err, "%s: %s", path, strerror(err));
+        close(fd);
+        free(path);
+        return -1;
+    }
+    gethostname(host, sizeof host - 1);
+    char line[400];
+    int len = snprintf(line, sizeof line, "pid %d on %s since %lld\n", (int)getpid(), host,
+                       (long long)time(NULL));
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, line, (size_t)len, 0) < 0) {
+        /* the lock holds without its note */
+    }
+    free(path);
+    return fd;
 }

@@ -14,6 +14,8 @@ struct agent_repo;
 #define CLI_EXIT_USAGE   2   /* bad usage */
 
 extern const char *cli_progname;
+/* Set by `run`: cli_error goes through common/log.h (timestamps, syslog). */
+extern bool cli_errors_to_log;
 
 /* A command: runs with argv[0] = its name; returns an exit code. */
 struct cli_command {

@@ -16,8 +16,16 @@ int cli_try_help(const char *cmd)
     return CLI_EXIT_USAGE;
 }
 
+bool cli_errors_to_log;
+
 static int verror(int code, const char *cmd, const char *fmt, va_list ap)
 {
+    if (cli_errors_to_log && code != CLI_EXIT_USAGE) {
+        char msg[2048];
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        log_msg(LOG_LEVEL_ERROR, "%s", msg);
+        return code;
+    }
     fprintf(stderr, "%s %s: ", cli_progname, cmd);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
