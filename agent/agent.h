@@ -118,6 +118,13 @@ struct agent_vm_disk_result {
 int agent_backup_vm(struct agent_repo *r, const struct agent_vm_opts *o,
                     struct agent_vm_disk_result **res, size_t *n);
 
+struct agent_point;
+/* The points of one run of agent_backup_vm (one per disk, the same
+ * checkpoint): the run of point when it is not 0, else the newest run that
+ * backed up every disk of the VM.  *out is malloc'ed. */
+int agent_vm_run_points(struct agent_repo *r, const char *vm, int64_t point,
+                        struct agent_point **out, size_t *n);
+
 struct agent_point {
     int64_t id, parent;
     char disk[256];

@@ -22,6 +22,7 @@
 
 #include "agent/internal.h"
 #include "common/error.h"
+#include "common/vec.h"
 #include "vm/vm.h"
 
 struct vmb {
@@ -389,4 +390,89 @@ out:;
     free(res);
     free(v);
     return ret;
+}
+
+/* ---- One run's points ------------------------------------------------------- */
+
+struct run_ctx {
+    const char *prefix;
+    size_t plen;
+    struct agent_point *v;
+    size_t n, cap;
+    int err;
+};
+
+static int collect_vm(void *opaque, const struct agent_point *p)
+{
+    struct run_ctx *c = opaque;
+    if (strncmp(p->disk, c->prefix, c->plen) != 0 || !p->checkpoint[0])
+        return 0;
+    if (VEC_RESERVE(c->v, c->n, c->cap, 32) < 0)
+        return -1;
+    c->v[c->n++] = *p;
+    return 0;
+}
+
+/* Does every disk seen in v have a point made by checkpoint ck? */
+static bool run_complete(const struct agent_point *v, size_t n, const char *ck)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool found = false;
+        for (size_t k = 0; k < n && !found; k++)
+            found = !strcmp(v[k].disk, v[i].disk) && !strcmp(v[k].checkpoint, ck);
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+int agent_vm_run_points(struct agent_repo *r, const char *vm, int64_t point,
+                        struct agent_point **out, size_t *nout)
+{
+    char prefix[300];
+    struct run_ctx c = { .prefix = prefix };
+    const char *ck = NULL;
+
+    *out = NULL;
+    *nout = 0;
+    snprintf(prefix, sizeof prefix, "%s/", vm);
+    c.plen = strlen(prefix);
+    if (agent_list(r, NULL, collect_vm, &c) < 0) {
+        free(c.v);
+        return -1;
+    }
+    if (c.n == 0) {
+        error_set(ENOENT, "no restore point of VM %s (disks named %s*)", vm, prefix);
+        goto fail;
+    }
+    if (point) {
+        for (size_t i = 0; i < c.n && !ck; i++)
+            if (c.v[i].id == point)
+                ck = c.v[i].checkpoint;
+        if (!ck) {
+            error_set(ENOENT, "point %lld is not a point of VM %s", (long long)point, vm);
+            goto fail;
+        }
+    } else {
+        /* The newest run in which every disk of the VM was backed up. */
+        for (size_t i = c.n; i-- > 0 && !ck;)
+            if (run_complete(c.v, c.n, c.v[i].checkpoint))
+                ck = c.v[i].checkpoint;
+        if (!ck) {
+            error_set(ENOENT, "no run of VM %s backed up all its disks; name one with --point", vm);
+            goto fail;
+        }
+    }
+    char ckbuf[128];
+    snprintf(ckbuf, sizeof ckbuf, "%s", ck);
+    size_t k = 0;
+    for (size_t i = 0; i < c.n; i++)
+        if (!strcmp(c.v[i].checkpoint, ckbuf))
+            c.v[k++] = c.v[i];
+    *out = c.v;
+    *nout = k;
+    return 0;
+fail:
+    free(c.v);
+    return -1;
 }
