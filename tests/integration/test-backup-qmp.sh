@@ -170,6 +170,11 @@ no_leftovers
 # Failure: QEMU killed mid-backup: a clear error, no new point.
 before0=$(points_of "$repo" vm1/disk0)
 guest_write 0 "write -P 0x61 $((8 * M)) 4M"
+# Flushed, so that the image holds the write (its qcow2 metadata) when
+# QEMU is killed.
+for i in 0 1; do
+    qmp hmp "qemu-io -d /machine/peripheral/vblk$i/virtio-backend flush" >/dev/null || fail "flush"
+done
 "$NBDVAULT" backup --qmp "$testdir/mon.sock" --repo "$repo" --work-dir "$work" \
     --max-rate 512K > kill.out 2> kill.err &
 bk=$!
