@@ -81,3 +81,46 @@ jarr ()
 {
     "$PYTHON" -c 'import json,sys; v=json.load(open(sys.argv[1]))[int(sys.argv[2])][sys.argv[3]]; print("null" if v is None else v)' "$1" "$2" "$3"
 }
+
+# ---- libvirt ------------------------------------------------------------------
+# libvirtd is started once per suite by run.sh (`# requires: libvirtd`).
+# QEMU runs as libvirt-qemu: the test directory must be traversable and the
+# images readable by it.
+
+# start_libvirt_vm NAME IMAGE... : a transient TCG domain, no OS, with disk N
+# = IMAGE N on target vd{a,b,...} (virtio, device alias virtio-diskN).
+start_libvirt_vm ()
+{
+    local name=$1 i=0 t disks=""
+    shift
+    chmod 0711 "$testdir"
+    for img; do
+        t=vd$(printf "\\x$(printf %x $((97 + i)))")
+        chmod 0666 "$img"
+        disks+="<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+          <source file='$testdir/$img'/><target dev='$t' bus='virtio'/></disk>"
+        i=$((i + 1))
+    done
+    cat > "$testdir/$name.xml" <<XML
+<domain type='qemu'>
+  <name>$name</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>$disks</devices>
+</domain>
+XML
+    run virsh -q create "$testdir/$name.xml" >/dev/null || fail "virsh create $name failed"
+    cleanup_fn virsh -q destroy "$name"
+}
+
+# lv_write DOMAIN N QEMU-IO-WRITE: a guest write to disk N, mirrored to ref-N.raw.
+lv_write ()
+{
+    local dom=$1 n=$2 cmd=$3 out
+    out=$(virsh -q qemu-monitor-command "$dom" --hmp \
+        "qemu-io -d /machine/peripheral/virtio-disk$n/virtio-backend \"$cmd\"" 2>&1) \
+        || fail "guest write '$cmd' to disk $n of $dom failed: $out"
+    case $out in *rror*|*ailed*) fail "guest write '$cmd' to disk $n of $dom: $out" ;; esac
+    qemu-io -f raw -c "$cmd" "ref-$n.raw" >/dev/null || fail "qemu-io $cmd on ref-$n.raw"
+}
