@@ -5,6 +5,7 @@
 #   make check SANITIZE=1  the same, built with ASan + UBSan (in build-san/)
 #   make fuzz            run the libFuzzer harnesses (clang)
 #   make demo            the main job against a qemu-nbd export it starts
+#   make bench / bench-vm  benchmarks (docs/BENCHMARKS.md)
 #   make install PREFIX=/usr/local
 #   V=1                  show the full command lines
 
@@ -57,7 +58,7 @@ FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(BUILD)/tests/fuzz/%-replay,$(FUZZ_SRCS))
 FUZZ_BINS   := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRCS))
 
-.PHONY: all check unit-check fuzz-replay integration-check deps fuzz demo bench install clean
+.PHONY: all check unit-check fuzz-replay integration-check deps fuzz demo bench bench-vm install clean
 all: nbdvault
 
 ifneq ($(SANITIZE),1)
@@ -152,6 +153,9 @@ demo: deps nbdvault
 
 bench: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench.sh
+
+bench-vm: deps nbdvault
+	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-vm.sh
 
 install: nbdvault
 	install -d $(DESTDIR)$(PREFIX)/bin

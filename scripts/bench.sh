@@ -35,38 +35,7 @@ log() { printf '%s\n' "$*" >&2; }
 
 # ---- The reference disks ----------------------------------------------------
 
-make_disk() {   # make_disk FILE SIZE
-    local img=$1 size=$2 tmp=$1.tmp
-    log "bench: building $img ($((size / GiB)) GiB)"
-    rm -f "$tmp"
-    qemu-img create -q -f qcow2 "$tmp" "$size"
-    (cd / && tar cf - --exclude=usr/lib/debug usr 2>/dev/null || true) | head -c $((1536 * MiB)) > "$work/files.tar"
-    qemu-io -f qcow2 -c "write -s $work/files.tar 0 $(stat -c %s "$work/files.tar")" "$tmp" >/dev/null
-    head -c $((512 * MiB)) /dev/urandom > "$work/random.bin"
-    qemu-io -f qcow2 -c "write -s $work/random.bin $((2 * GiB)) $((512 * MiB))" "$tmp" >/dev/null
-    rm -f "$work/files.tar" "$work/random.bin"
-    # The disk as the full backup saw it...
-    cp "$tmp" "$img.before"
-    # ...then ~1% of the disk, scattered 64 KiB granules of new random data
-    # over old files and holes alike, recorded by the bitmap b0: written
-    # through a writable qemu-nbd export while the bitmap is enabled.
-    qemu-img bitmap --add "$tmp" b0
-    qemu-nbd --fork --pid-file="$work/w.pid" -k "$work/w.sock" -t -f qcow2 "$tmp"
-    $PY - "nbd+unix:///?socket=$work/w.sock" "$size" <<'PY'
-import nbd, os, random, sys
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-size = int(sys.argv[2])
-random.seed(11)
-for c in sorted(random.sample(range(size // 65536), size // 100 // 65536)):
-    h.pwrite(os.urandom(65536), c * 65536)
-h.flush()
-h.shutdown()
-PY
-    kill "$(cat "$work/w.pid")"
-    while kill -0 "$(cat "$work/w.pid")" 2>/dev/null; do sleep 0.1; done
-    mv "$tmp" "$img"
-}
+. "$(dirname "$0")/bench-disk.sh"
 
 disk=$BENCH_DIR/disk-4g.qcow2
 big=$BENCH_DIR/disk-16g.qcow2
