@@ -171,6 +171,7 @@ struct agent_serve_opts {
     const char *tls_psk_file;
     bool tls_verify_peer;
     unsigned max_connections;     /* 0 = 64 */
+    int idle_timeout_ms;          /* 0 = 5 min; -1 = never */
     size_t cache_bytes;           /* decompressed chunk cache; 0 = 64 MiB */
     void (*ready)(void *opaque);  /* called once listening */
     void *opaque;

@@ -507,6 +507,7 @@ int agent_serve(struct agent_repo *r, const struct agent_serve_opts *o)
         .tls_psk_file = o->tls_psk_file,
         .tls_verify_peer = o->tls_verify_peer,
         .max_connections = o->max_connections,
+        .idle_timeout_ms = o->idle_timeout_ms,
     };
     struct nbd_server_callbacks cb = { .opaque = &sc, .open = serve_open, .list = serve_list };
     /* The repository is read through a handle per connection: the catalog

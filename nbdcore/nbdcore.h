@@ -265,6 +265,10 @@ struct nbd_server_opts {
     bool tls_verify_peer;         /* X.509: require and check client certificates */
     unsigned max_connections;     /* 0 = 64 */
     int handshake_timeout_ms;     /* 0 = 10 s */
+    /* A connection with no request for this long is closed; 0 = 5 min,
+     * -1 = never.  (When every slot is taken, a new client also evicts the
+     * connection idle longest, if over a second.) */
+    int idle_timeout_ms;
 };
 
 struct nbd_server;

@@ -6,10 +6,11 @@
  * a time and answering it.  Clients are not trusted: every length is
  * capped, every string checked; a malformed or hostile request closes that
  * one connection and the server goes on serving everyone else.  When all
- * connection slots are taken, a new client evicts the oldest connection
- * that has been in its handshake for over a second (idle sockets cannot
- * lock others out for long; connections opened together by a multi-conn
- * client do not evict each other).
+ * connection slots are taken, a new client evicts the connection that has
+ * been idle longest - in its handshake, or between requests after GO - if
+ * that is over a second (idle sockets cannot lock others out; connections
+ * opened together by a multi-conn client do not evict each other).  A
+ * connection with no request for idle_timeout_ms is closed.
  *
  * What an export holds comes from callbacks (struct nbd_server_callbacks).
  */
@@ -34,6 +35,7 @@
 
 #define DEFAULT_MAX_CONNECTIONS 64
 #define DEFAULT_HANDSHAKE_MS 10000
+#define DEFAULT_IDLE_MS (300 * 1000)
 /* A handshake younger than this is not evicted: a client's handshake takes
  * milliseconds, and the connections a multi-conn client opens together
  * must not evict each other.  (A newcomer that finds no older handshake to
@@ -55,6 +57,11 @@ struct sconn {
     pthread_t tid;
     bool in_handshake;
     double started;
+    /* In transmission: since when it waits for a request (ms of
+     * CLOCK_MONOTONIC), or -1 while it serves one; read by the accepting
+     * thread to choose whom to evict. */
+    _Atomic int64_t idle_since_ms;
+    bool evicted;                 /* under srv->lock */
 
     bool tls, structured, extended, no_zeroes;
     bool filter_logged;           /* the first payload filter was logged */
@@ -728,6 +735,13 @@ static int discard(struct sconn *c, uint64_t n)
     return 0;
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static int transmission(struct sconn *c)
 {
     uint8_t h[32];
@@ -735,10 +749,18 @@ static int transmission(struct sconn *c)
     const uint16_t known = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_DF |
                            NBD_CMD_FLAG_REQ_ONE | NBD_CMD_FLAG_FAST_ZERO | NBD_CMD_FLAG_PAYLOAD_LEN;
 
-    nbd_sock_set_timeout(c->sock, 0);
+    int idle = c->srv->o.idle_timeout_ms;
+    nbd_sock_set_timeout(c->sock, idle > 0 ? idle : 0);
     for (;;) {
-        if (nbd_sock_recv_all(c->sock, h, hl) < 0)
+        c->idle_since_ms = mono_ms();
+        if (nbd_sock_recv_all(c->sock, h, hl) < 0) {
+            if (errno == ETIMEDOUT) {
+                nbd_debug("closing a connection idle for %d ms", idle);
+                return 0;
+            }
             return errno == ECONNRESET ? 0 : -1; /* a client that just left */
+        }
+        c->idle_since_ms = -1;
         uint32_t magic = nbd_get32(h);
         if (magic != (c->extended ? NBD_EXTENDED_REQUEST_MAGIC : NBD_REQUEST_MAGIC)) {
             nbd_set_error(EPROTO, "bad request magic 0x%08x", magic);
@@ -831,6 +853,7 @@ static int transmission(struct sconn *c)
 
 /* ---- Connections ---------------------------------------------------------- */
 
+
 static void conn_run(struct sconn *c)
 {
     if (handshake(c) == 0) {
@@ -878,6 +901,7 @@ static struct sconn *conn_new(struct nbd_server *s, int fd)
     c->fd = fd;
     c->in_handshake = true;
     c->started = now_s();
+    c->idle_since_ms = -1;
     if (!(c->sock = nbd_sock_new(fd))) {
         free(c);
         return NULL;
@@ -916,6 +940,8 @@ struct nbd_server *nbd_server_new(const struct nbd_server_opts *o, const struct 
         s->o.max_connections = DEFAULT_MAX_CONNECTIONS;
     if (!s->o.handshake_timeout_ms)
         s->o.handshake_timeout_ms = DEFAULT_HANDSHAKE_MS;
+    if (!s->o.idle_timeout_ms)
+        s->o.idle_timeout_ms = DEFAULT_IDLE_MS;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     if (o->tls_certificates || o->tls_psk_file) {
@@ -1053,14 +1079,27 @@ static int listen_tcp(const char *spec)
 static bool evict_one(struct nbd_server *s)
 {
     struct sconn *old = NULL;
-    double limit = now_s() - EVICT_AFTER_S;
-    for (struct sconn *c = s->conns; c; c = c->next)
-        if (c->in_handshake && c->started <= limit && (!old || c->started < old->started))
+    int64_t oldest = 0, now = mono_ms(), limit = now - (int64_t)(EVICT_AFTER_S * 1000);
+    double now_wall = now_s();
+    for (struct sconn *c = s->conns; c; c = c->next) {
+        int64_t since;
+        if (c->evicted)
+            continue;
+        if (c->in_handshake)
+            since = now - (int64_t)((now_wall - c->started) * 1000);
+        else if ((since = c->idle_since_ms) < 0)
+            continue;   /* serving a request */
+        if (since <= limit && (!old || since < oldest)) {
             old = c;
+            oldest = since;
+        }
+    }
     if (!old)
         return false;
+    nbd_debug("evicting the connection idle for %lld ms to make room",
+              (long long)(now - oldest));
     shutdown(old->fd, SHUT_RDWR);
-    old->in_handshake = false; /* do not pick it twice */
+    old->evicted = true; /* do not pick it twice */
     return true;
 }
 
