@@ -12,6 +12,9 @@
 #include "common/error.h"
 #include "common/vec.h"
 
+/* Points removed per prune transaction. */
+#define PRUNE_BATCH 256
+
 /* ---- A small set of ids ------------------------------------------------- */
 
 struct idset {
@@ -301,7 +304,11 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
                      rule_names[rule]);
         }
     }
-    /* Remove oldest first: each removal merges into the next point. */
+    /* Remove oldest first: each removal merges into the next point.  The
+     * removals go in batches of PRUNE_BATCH points per transaction (one
+     * sync each, not one per point); a kill loses at most the batch under
+     * way, and every committed state is whole. */
+    unsigned in_batch = 0;
     for (size_t k = v.n; k-- > 0;) {
         struct pinfo *p = &v.p[k];
         if (o->decision)
@@ -310,11 +317,28 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
             res->kept++;
             continue;
         }
-        if (!o->dry_run && catalog_point_remove(r->cat, p->id) < 0) {
-            error_prefix("remove point %lld: ", (long long)p->id);
-            goto out;
+        if (!o->dry_run) {
+            if (in_batch == 0 && catalog_begin(r->cat) < 0)
+                goto out;
+            if (catalog_point_remove(r->cat, p->id) < 0) {
+                error_prefix("remove point %lld: ", (long long)p->id);
+                catalog_rollback(r->cat);
+                goto out;
+            }
+            if (++in_batch == PRUNE_BATCH) {
+                if (catalog_commit(r->cat) < 0)
+                    goto out;
+                res->removed += in_batch;
+                in_batch = 0;
+            }
+        } else {
+            res->removed++;
         }
-        res->removed++;
+    }
+    if (in_batch) {
+        if (catalog_commit(r->cat) < 0)
+            goto out;
+        res->removed += in_batch;
     }
     ret = 0;
 out:

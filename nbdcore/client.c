@@ -1246,9 +1246,13 @@ int nbd_rx_feed(struct nbd_conn *c, const uint8_t *p, size_t n)
     return c->dead ? -1 : 0;
 }
 
+/* Takes what the socket has, up to 256 receive calls (then the caller's
+ * poll comes round again: the socket is still readable).  What is in ibuf
+ * is always used up before returning: no poll would ever wake us for
+ * bytes already taken from the socket. */
 static int receive(struct nbd_conn *c)
 {
-    for (int rounds = 0; rounds < 256 && !c->dead; rounds++) {
+    for (int rounds = 0; !c->dead;) {
         if (c->ipos < c->ilen) {
             size_t n = c->ilen - c->ipos;
             const uint8_t *p = c->ibuf + c->ipos;
@@ -1258,6 +1262,8 @@ static int receive(struct nbd_conn *c)
                 return -1;
             continue;
         }
+        if (rounds++ == 256)
+            break;
         ssize_t got;
         bool data = c->rx_state == RX_DATA || c->rx_state == RX_SIMPLE_DATA;
         if (c->rx_left >= IBUF_SIZE / 2 || (data && c->big_reads)) {

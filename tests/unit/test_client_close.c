@@ -1,4 +1,5 @@
-/* test_client_close.c: nbd_close with requests in flight.
+/* test_client_close.c: nbd_close with requests in flight, and many
+ * replies arriving at once.
  *
  * A tiny oldstyle server runs in a thread on a Unix socket: it reads the
  * requests and either answers the first one after a pause or never answers
@@ -32,6 +33,7 @@
 struct server {
     int listen_fd;
     int answer_after_ms;   /* < 0: never answer */
+    int batch;             /* > 0: answer after this many reads, all in one write */
     char path[108];
 };
 
@@ -74,6 +76,7 @@ static void *server_main(void *opaque)
     struct server *s = opaque;
     uint8_t greet[NBD_OLDSTYLE_GREETING_LEN] = { 0 }, req[28];
     bool answered = false;
+    uint8_t *out = NULL;
     int fd = accept(s->listen_fd, NULL, NULL);
 
     if (fd < 0)
@@ -84,12 +87,26 @@ static void *server_main(void *opaque)
     nbd_put32(greet + 24, NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY);
     if (!write_all(fd, greet, sizeof greet))
         goto out;
+    out = s->batch ? malloc((size_t)s->batch * 17) : NULL;
+    int nout = 0;
     while (read_all(fd, req, sizeof req)) {
         uint16_t type = (uint16_t)(req[6] << 8 | req[7]);
         uint32_t len = nbd_get32(req + 24);
 
         if (type == NBD_CMD_DISC)
             break;
+        if (s->batch) {
+            /* One-byte reads: every reply is gathered, then all are sent in
+             * one write, so that they reach the client together. */
+            uint8_t *r = out + (size_t)nout * 17;
+            nbd_put32(r, NBD_SIMPLE_REPLY_MAGIC);
+            nbd_put32(r + 4, 0);
+            memcpy(r + 8, req + 8, 8);
+            r[16] = (uint8_t)nout;
+            if (++nout == s->batch && !write_all(fd, out, (size_t)nout * 17))
+                break;
+            continue;
+        }
         if (type != NBD_CMD_READ || s->answer_after_ms < 0 || answered)
             continue;
         usleep((useconds_t)s->answer_after_ms * 1000);
@@ -106,6 +123,7 @@ static void *server_main(void *opaque)
         answered = true;
     }
 out:
+    free(out);
     close(fd);
     return NULL;
 }
@@ -119,6 +137,7 @@ static void start_server(struct server *s, pthread_t *th, int answer_after_ms)
     unlink(s->path);
     snprintf(sun.sun_path, sizeof sun.sun_path, "%s", s->path);
     s->answer_after_ms = answer_after_ms;
+    s->batch = 0;
     s->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(s->listen_fd >= 0);
     assert_int_equal(bind(s->listen_fd, (struct sockaddr *)&sun, sizeof sun), 0);
@@ -209,11 +228,54 @@ static void test_close_slow_server(void **state)
     free(buf);
 }
 
+/* 200 replies in the socket at once (400 pieces: more than the client
+ * handles per receive call): every one is taken from the input buffer,
+ * none is left waiting for the socket to become readable again (it never
+ * would: the server has said everything). */
+static void test_many_replies_at_once(void **state)
+{
+    enum { N = 200 };
+    struct server s;
+    pthread_t th;
+    struct done d[N];
+    uint8_t buf[N];
+    char uri[200];
+
+    (void)state;
+    memset(d, 0, sizeof d);
+    memset(buf, 0xee, sizeof buf);
+    start_server(&s, &th, 0);
+    s.batch = N;
+    snprintf(uri, sizeof uri, "nbd+unix:///?socket=%s", s.path);
+    struct nbd_conn_opts o = { .max_in_flight = N };
+    struct nbd_conn *c = nbd_connect_uri(uri, &o);
+    if (!c)
+        fail_msg("connect: %s", nbd_get_error());
+    for (int i = 0; i < N; i++)
+        assert_int_equal(nbd_aio_pread(c, buf + i, 1, (uint64_t)i, 0, on_done, &d[i]), 0);
+    double t0 = now();
+    int done = 0;
+    while (done < N && now() - t0 < 5) {
+        assert_int_equal(nbd_poll(c, 100), 0);
+        done = 0;
+        for (int i = 0; i < N; i++)
+            done += d[i].called;
+    }
+    assert_int_equal(done, N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(d[i].err, 0);
+        assert_int_equal(buf[i], (uint8_t)i);
+    }
+    nbd_close(c);
+    stop_server(&s, th);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_close_silent_server),
         cmocka_unit_test(test_close_slow_server),
+        cmocka_unit_test(test_many_replies_at_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
