@@ -50,7 +50,8 @@ int catalog_commit(struct catalog *c);
 void catalog_rollback(struct catalog *c);
 
 /* ---- Locks ---------------------------------------------------------------
- * A backup or prune of disk D holds "disk:D"; gc holds "gc", which excludes
+ * A backup or prune of disk D holds "disk:D", a backup of running VM V
+ * "vm:V" (around the disks' own); gc holds "gc", which excludes
  * every other lock.  A lock whose holder pid is dead on this host is broken
  * (with a warning through *broken_msg when not NULL), and the 'running'
  * points it left are deleted with their cells.  Returns 0, or -1 with

@@ -1,7 +1,8 @@
 /* catalog/lock.c: the repository's advisory locks.
  *
  * A lock is a row of the locks table: name, holder pid and host, and since
- * when.  "disk:D" is held by a backup or a prune of disk D; "gc" by gc.
+ * when.  "disk:D" is held by a backup or a prune of disk D; "vm:V" by a
+ * backup of a running VM V (its checkpoints); "gc" by gc.
  * "gc" conflicts with every lock, "disk:D" with "gc" and "disk:D".  A
  * conflicting row whose holder is on this host and dead (kill(pid, 0) gives
  * ESRCH) is stale: it is broken, and the 'running' points that holder left
@@ -45,6 +46,8 @@ static bool valid_name(const char *name)
 {
     if (strcmp(name, "gc") == 0)
         return true;
+    if (strncmp(name, "vm:", 3) == 0)
+        return name[3] && strlen(name + 3) < 256;
     return strncmp(name, "disk:", 5) == 0 && name[5] && strlen(name + 5) < 256;
 }
 
@@ -58,6 +61,8 @@ static void describe(const char *name, char *buf, size_t cap)
 {
     if (strncmp(name, "disk:", 5) == 0)
         snprintf(buf, cap, "backup/prune of disk %s", name + 5);
+    else if (strncmp(name, "vm:", 3) == 0)
+        snprintf(buf, cap, "backup of VM %s", name + 3);
     else
         snprintf(buf, cap, "%s", name);
 }
@@ -209,7 +214,7 @@ int catalog_lock(struct catalog *c, const char *name, char *broken_msg, size_t c
     if (broken_msg && cap)
         broken_msg[0] = '\0';
     if (!valid_name(name)) {
-        error_set(EINVAL, "catalog: invalid lock name '%s' (\"gc\" or \"disk:NAME\")", name);
+        error_set(EINVAL, "catalog: invalid lock name '%s' (\"gc\", \"disk:NAME\" or \"vm:NAME\")", name);
         return -1;
     }
     for (held = 0; held < CAT_MAX_LOCKS && c->locks[held]; held++)

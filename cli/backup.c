@@ -337,12 +337,15 @@ int cli_backup(int argc, char **argv)
     s.compress_level = cfg.compress_level;
     s.name = s.libvirt ? s.libvirt : s.qmp ? s.qmp : s.disk;
 
+    bool vm = s.libvirt || s.qmp;
+    /* What a VM backup decides and cleans up is said (info lines). */
+    if (vm)
+        log_setup("nbdvault backup", LOG_LEVEL_INFO, false, false);
     struct agent_repo *r = agent_repo_open(repo, true);
     if (!r) {
         ret = cli_error("backup", "%s", error_msg());
         goto out;
     }
-    bool vm = s.libvirt || s.qmp;
     struct json_object *arr = json && vm ? json_object_new_array() : NULL;
     ret = cli_backup_source(r, &s, json, arr, "backup") < 0 ? CLI_EXIT_FAIL : CLI_EXIT_OK;
     if (arr)

@@ -34,6 +34,7 @@
 
 #define OURS "nbdvault-"
 #define EXPORT_BITMAP "nbdvault-export"
+#define CBW_PREFIX "nbdvault-cbw-"    /* the fleecing job's filter node: + the disk's node */
 
 struct qmp_vm {
     struct qmp *q;
@@ -43,7 +44,7 @@ struct qmp_vm {
 struct qmp_job_disk {
     size_t disk;
     const char *base;             /* NULL: full */
-    char fleece_file[64], fleece[64], job[64], export_id[64];
+    char fleece_file[64], fleece[64], job[64], export_id[64], cbw[80];
     bool file_added, fleece_added, export_bitmap, checkpoint, job_started, exported;
 };
 
@@ -82,6 +83,10 @@ static int list_disks(struct vm *v, const struct vm_open_opts *o)
         const char *node = qmp_str(ins, "node-name");
         if (!node || !json_object_object_get_ex(ins, "image", &img))
             continue;
+        /* A fleecing job of a killed run still holds its filter above the
+         * disk's node: named after it, so the disk keeps its name. */
+        if (!strncmp(node, CBW_PREFIX, strlen(CBW_PREFIX)))
+            node += strlen(CBW_PREFIX);
         struct vm_disk *d = &all[nall++];
         memset(d, 0, sizeof *d);
         snprintf(d->name, sizeof d->name, "%s", node);
@@ -171,22 +176,21 @@ static void qmp_close_vm(struct vm *v)
 
 /* ---- Bitmaps -------------------------------------------------------------- */
 
-/* The dirty-bitmaps array of a node (the caller puts it), or NULL. */
+/* The dirty-bitmaps array of a node (the caller puts it), or NULL.  (Every
+ * named node, also one below a filter, is in query-named-block-nodes.) */
 static struct json_object *node_bitmaps(struct vm *v, const char *node)
 {
-    struct json_object *blocks = qmp_exec(Q(v), "query-block", NULL), *ret = NULL;
+    struct json_object *blocks = qmp_exec(Q(v), "query-named-block-nodes", NULL), *ret = NULL;
     if (!blocks)
         return NULL;
     size_t n = json_object_array_length(blocks);
     for (size_t i = 0; i < n && !ret; i++) {
-        struct json_object *ins, *bms;
-        if (!json_object_object_get_ex(json_object_array_get_idx(blocks, i), "inserted", &ins))
-            continue;
-        const char *nn = qmp_str(ins, "node-name");
+        struct json_object *b = json_object_array_get_idx(blocks, i), *bms;
+        const char *nn = qmp_str(b, "node-name");
         if (!nn || strcmp(nn, node) != 0)
             continue;
-        ret = json_object_object_get_ex(ins, "dirty-bitmaps", &bms) ? json_object_get(bms)
-                                                                   : json_object_new_array();
+        ret = json_object_object_get_ex(b, "dirty-bitmaps", &bms) ? json_object_get(bms)
+                                                                 : json_object_new_array();
     }
     json_object_put(blocks);
     if (!ret)
@@ -318,7 +322,7 @@ static int start_fleecing(struct vm *v, struct qmp_job *j)
                      "persistent", json_object_new_boolean(1), NULL), NULL));
         json_object_array_add(acts, qmp_args("type", jstr("blockdev-backup"), "data",
             qmp_args("job-id", jstr(d->job), "device", jstr(node), "target", jstr(d->fleece),
-                     "sync", jstr("none"), NULL), NULL));
+                     "sync", jstr("none"), "filter-node-name", jstr(d->cbw), NULL), NULL));
     }
     if (qmp_run(Q(v), "transaction", qmp_args("actions", acts, NULL)) < 0)
         return -1;
@@ -350,7 +354,17 @@ static int start_exports(struct vm *v, struct qmp_job *j, struct vm_export *expo
             json_object_array_add(bms, qmp_args("node", jstr(node), "name", jstr(EXPORT_BITMAP), NULL));
             json_object_object_add(a, "bitmaps", bms);
         }
-        if (qmp_run(Q(v), "block-export-add", a) < 0)
+        /* QEMU 8.1 and later take multi-conn; before, a read-only export
+         * advertises it by itself. */
+        struct json_object *a2 = NULL;
+        json_object_deep_copy(a, &a2, NULL);
+        json_object_object_del(a2, "multi-conn");
+        int r = qmp_run(Q(v), "block-export-add", json_object_get(a));
+        if (r < 0 && strstr(error_msg(), "'multi-conn' is unexpected"))
+            r = qmp_run(Q(v), "block-export-add", json_object_get(a2));
+        json_object_put(a);
+        json_object_put(a2);
+        if (r < 0)
             return -1;
         d->exported = true;
         snprintf(exports[i].uri, sizeof exports[i].uri, "nbd+unix:///%.60s?socket=%s", node, sock);
@@ -475,6 +489,7 @@ static int qmp_backup_begin(struct vm_job *vj, const struct vm_backup_req *reqs,
         snprintf(d->fleece, sizeof d->fleece, OURS "fleece-%.40s", node);
         snprintf(d->job, sizeof d->job, OURS "fleece-job-%.40s", node);
         snprintf(d->export_id, sizeof d->export_id, OURS "export-%.40s", node);
+        snprintf(d->cbw, sizeof d->cbw, CBW_PREFIX "%.60s", node);
     }
     if (vm_job_dir(v, (uid_t)-1, (gid_t)-1, j->dir, sizeof j->dir) < 0) {
         j->dir[0] = 0;
@@ -566,7 +581,7 @@ static int cleanup_jobs(struct vm *v, int *count)
         for (size_t i = 0; i < json_object_array_length(r); i++) {
             const char *nn = qmp_str(json_object_array_get_idx(r, i), "node-name");
             bool file = nn && strstr(nn, "fleece-file-");
-            if (!ours(nn) || file != (pass == 1))
+            if (!ours(nn) || file != (pass == 1) || !strncmp(nn, CBW_PREFIX, strlen(CBW_PREFIX)))
                 continue;
             if (qmp_run(Q(v), "blockdev-del", qmp_args("node-name", jstr(nn), NULL)) == 0) {
                 vm_log(v, VM_LOG_INFO, "%s: removed node %s, left by an earlier run", v->name, nn);
