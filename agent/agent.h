@@ -65,6 +65,7 @@ struct agent_backup_result {
     uint64_t disk_size;
     uint64_t bytes_planned, bytes_read, bytes_stored;
     uint64_t chunks_new, chunks_reused;
+    uint64_t cells_unchanged;     /* read but the same as the parent's: not recorded */
     unsigned connections;
     double seconds;
 };

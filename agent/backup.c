@@ -124,7 +124,11 @@ struct batch {
     size_t nreads;
     struct fill *fills;
     size_t nfills, capfills;
-    int64_t parent_chunk[MAX_BATCH_CELLS];
+    int64_t parent_chunk[MAX_BATCH_CELLS]; /* to complete a partly dirty cell */
+    /* The parent's chunk of each cell (incrementals; 0 = zero): a cell
+     * whose new content is the same is not recorded (a bitmap that is
+     * never cleared marks the same cells night after night). */
+    int64_t prev_chunk[MAX_BATCH_CELLS];
     unsigned reads_pending;
     struct backup *b;
 };
@@ -189,6 +193,7 @@ struct backup {
         bool valid;
     } cache;
     uint64_t bytes_stored, chunks_new, chunks_reused;
+    uint64_t cells_unchanged;     /* read, and the same as the parent's */
 };
 
 /* A pack not yet recorded in the catalog, and the rows waiting for its
@@ -582,6 +587,15 @@ static int load_parent(struct worker *w, int64_t chunk_id, uint64_t len)
     return pack_reader_get(w->reader, ch.pack, &e, w->parent);
 }
 
+/* A cell read whose content is the parent's: nothing to record. */
+static int unchanged(struct backup *b)
+{
+    pthread_mutex_lock(&b->store_lock);
+    b->cells_unchanged++;
+    pthread_mutex_unlock(&b->store_lock);
+    return 0;
+}
+
 static int process_cell(struct worker *w, struct batch *bt, unsigned i)
 {
     struct backup *b = w->b;
@@ -604,8 +618,11 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
         }
         memcpy(data + bt->fills[f].off, w->parent + bt->fills[f].off, bt->fills[f].len);
     }
-    if (all_zero(data, len))
+    if (all_zero(data, len)) {
+        if (!b->full && bt->prev_chunk[i] == 0)
+            return unchanged(b);
         return add_row(b, (struct row){ cell, 1, 0, -1 });
+    }
 
     chunk_hash(data, len, hash);
     int32_t p;
@@ -626,6 +643,8 @@ static int process_cell(struct worker *w, struct batch *bt, unsigned i)
     int f = catalog_chunk_id(w->cat, hash, &found);
     if (f < 0)
         return -1;
+    if (f > 0 && !b->full && found == bt->prev_chunk[i])
+        return unchanged(b);
     if (f > 0) {
         pthread_mutex_lock(&b->store_lock);
         b->chunks_reused++;
@@ -1006,17 +1025,24 @@ static int plan_and_read(struct backup *b)
             grid_plan_cell(&in, cs, cs + grid_cell_len(b->size, b->chunk, cell), &p);
             if (p.kind == GRID_SKIP)
                 continue; /* unchanged: inherited from the parent */
-            int64_t pchunk = 0;
-            if (p.partial && parent_chunk(b, cell, &pchunk) < 0) {
+            int64_t prev = 0, pchunk = 0;
+            if (!b->full && parent_chunk(b, cell, &prev) < 0) {
                 fail(b, error_errno(), "%s", error_msg());
                 break;
             }
+            if (p.partial)
+                pchunk = prev;
             if (p.nreads == 0 && pchunk == 0) {
                 /* All zero, nothing to read (GRID_ZERO, or only zeros dirty
-                 * where the parent's cell is zero): a zero cell. */
+                 * where the parent's cell is zero): a zero cell, recorded
+                 * unless the parent's is zero too. */
                 if (bt && bt->ncells) {
                     dispatch(b, bt);
                     bt = NULL;
+                }
+                if (!b->full && prev == 0) {
+                    unchanged(b);
+                    continue;
                 }
                 if (add_row(b, (struct row){ cell, 1, 0, -1 }) < 0) {
                     fail(b, error_errno(), "%s", error_msg());
@@ -1038,6 +1064,7 @@ static int plan_and_read(struct backup *b)
             }
             unsigned i = bt->ncells++;
             bt->parent_chunk[i] = pchunk;
+            bt->prev_chunk[i] = prev;
             /* What the reads do not cover reads as zeroes (or comes from the
              * parent's chunk, over zeroes). */
             uint64_t covered = 0;
@@ -1305,6 +1332,7 @@ stop:
     res->bytes_stored = b->bytes_stored;
     res->chunks_new = b->chunks_new;
     res->chunks_reused = b->chunks_reused;
+    res->cells_unchanged = b->cells_unchanged;
     res->seconds = agent_now() - t0;
     ret = 0;
     goto out;

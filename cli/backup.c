@@ -91,6 +91,7 @@ static struct json_object *result_json(const char *disk, const struct agent_back
     json_object_object_add(j, "bytes_stored", json_object_new_int64((int64_t)res->bytes_stored));
     json_object_object_add(j, "chunks_new", json_object_new_int64((int64_t)res->chunks_new));
     json_object_object_add(j, "chunks_reused", json_object_new_int64((int64_t)res->chunks_reused));
+    json_object_object_add(j, "cells_unchanged", json_object_new_int64((int64_t)res->cells_unchanged));
     json_object_object_add(j, "connections", json_object_new_int64(res->connections));
     json_object_object_add(j, "seconds", json_object_new_double(res->seconds));
     return j;
