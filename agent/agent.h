@@ -151,6 +151,7 @@ struct agent_restore_opts {
     const char *to_uri;           /* ... an NBD export */
     unsigned connections;
     agent_progress_fn progress;
+    agent_warn_fn warn;           /* waiting for a gc, a stale lock broken */
     void *opaque;
 };
 

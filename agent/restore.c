@@ -30,6 +30,7 @@
 #define NBUFS 32
 #define DIO_ALIGN 4096
 #define WORKERS 2
+#define RESTORE_GC_WAIT_S 3600
 #define WRITEBACK_EVERY (64u * 1024 * 1024)
 
 struct item {
@@ -459,6 +460,30 @@ static int fsync_parent(const char *path)
     return r;
 }
 
+/* Takes the restore's lock, waiting (up to RESTORE_GC_WAIT_S) while a gc
+ * holds the repository. */
+static int restore_lock(struct agent_repo *r, const struct agent_restore_opts *o, const char *name)
+{
+    char broken[512];
+    bool said = false;
+    for (int waited = 0;; waited++) {
+        if (catalog_lock(r->cat, name, broken, sizeof broken) == 0) {
+            if (broken[0] && o->warn)
+                o->warn(o->opaque, broken);
+            return 0;
+        }
+        if (error_errno() != EBUSY || waited >= RESTORE_GC_WAIT_S)
+            return -1;
+        if (!said && o->warn) {
+            char msg[1200];
+            snprintf(msg, sizeof msg, "waiting for the repository: %s", error_msg());
+            o->warn(o->opaque, msg);
+            said = true;
+        }
+        sleep(1);
+    }
+}
+
 int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
                   struct agent_restore_result *res)
 {
@@ -470,7 +495,8 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
     int ret = -1;
     double t0 = agent_now();
     unsigned nworkers = 0;
-    bool snapshot = false;
+    bool snapshot = false, locked = false;
+    char lockname[64];
 
     memset(workers, 0, sizeof workers);
     memset(res, 0, sizeof *res);
@@ -478,6 +504,13 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
     pthread_cond_init(&rs.cond, NULL);
     pthread_cond_init(&rs.wr_cond, NULL);
     rs.progress = (struct agent_progress){ o->progress, o->opaque, 0 };
+
+    /* A lock that only gc conflicts with: gc never moves or deletes a
+     * chunk this restore may still read; a gc under way is waited for. */
+    snprintf(lockname, sizeof lockname, "restore:%d", (int)getpid());
+    if (restore_lock(r, o, lockname) < 0)
+        goto out;
+    locked = true;
 
     /* One read snapshot for the whole restore: a prune committing meanwhile
      * cannot mix two states of the chain. */
@@ -723,6 +756,12 @@ out:
     catalog_map_close(map);
     if (snapshot)
         catalog_snapshot_end(r->cat);
+    if (locked) {
+        struct error_saved e;
+        error_save(&e);
+        catalog_unlock(r->cat, lockname);
+        error_restore(&e);
+    }
     if (rs.fd >= 0)
         close(rs.fd);
     nbd_pool_close(rs.pool);

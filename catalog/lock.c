@@ -2,7 +2,8 @@
  *
  * A lock is a row of the locks table: name, holder pid and host, and since
  * when.  "disk:D" is held by a backup or a prune of disk D; "vm:V" by a
- * backup of a running VM V (its checkpoints); "gc" by gc.
+ * backup of a running VM V (its checkpoints); "restore:ID" by each
+ * restore (so that gc never takes a chunk away from under one); "gc" by gc.
  * "gc" conflicts with every lock, "disk:D" with "gc" and "disk:D".  A
  * conflicting row whose holder is on this host and dead (kill(pid, 0) gives
  * ESRCH) is stale: it is broken, and the 'running' points that holder left
@@ -48,6 +49,8 @@ static bool valid_name(const char *name)
         return true;
     if (strncmp(name, "vm:", 3) == 0)
         return name[3] && strlen(name + 3) < 256;
+    if (strncmp(name, "restore:", 8) == 0)
+        return name[8] && strlen(name + 8) < 64;
     return strncmp(name, "disk:", 5) == 0 && name[5] && strlen(name + 5) < 256;
 }
 
@@ -63,6 +66,8 @@ static void describe(const char *name, char *buf, size_t cap)
         snprintf(buf, cap, "backup/prune of disk %s", name + 5);
     else if (strncmp(name, "vm:", 3) == 0)
         snprintf(buf, cap, "backup of VM %s", name + 3);
+    else if (strncmp(name, "restore:", 8) == 0)
+        snprintf(buf, cap, "a restore");
     else
         snprintf(buf, cap, "%s", name);
 }
@@ -214,7 +219,7 @@ int catalog_lock(struct catalog *c, const char *name, char *broken_msg, size_t c
     if (broken_msg && cap)
         broken_msg[0] = '\0';
     if (!valid_name(name)) {
-        error_set(EINVAL, "catalog: invalid lock name '%s' (\"gc\", \"disk:NAME\" or \"vm:NAME\")", name);
+        error_set(EINVAL, "catalog: invalid lock name '%s' (\"gc\", \"disk:NAME\", \"vm:NAME\" or \"restore:ID\")", name);
         return -1;
     }
     for (held = 0; held < CAT_MAX_LOCKS && c->locks[held]; held++)

@@ -12,6 +12,7 @@
 #include "agent/agent.h"
 #include "cli/cli.h"
 #include "common/error.h"
+#include "common/log.h"
 
 static const char restore_help[] =
     "Usage: nbdvault restore --repo DIR --disk NAME [--point ID]\n"
@@ -44,6 +45,11 @@ static const char restore_help[] =
     "  --config FILE      defaults from FILE\n"
     "  --json             print the result as JSON\n"
     "  --help             this text\n";
+
+static void restore_warn(void *opaque, const char *msg)
+{
+    log_msg(LOG_LEVEL_WARN, "%s", msg);
+}
 
 /* qemu-img convert -f raw -O qcow2 SRC DST: 0 or -1 (printed). */
 static int to_qcow2(const char *src, const char *dst)
@@ -94,6 +100,7 @@ static int restore_vm(struct agent_repo *r, const char *vm, int64_t point, const
         struct agent_restore_opts o = {
             .disk = pts[i].disk, .point = pts[i].id, .output = raw, .connections = conns,
             .progress = cli_progress_wanted(json) ? cli_progress : NULL, .opaque = &prog,
+            .warn = restore_warn,
         };
         struct agent_restore_result res;
         if (agent_restore(r, &o, &res) < 0) {
@@ -210,6 +217,7 @@ int cli_restore(int argc, char **argv)
     }
     struct cli_progress prog = { .what = o.disk };
     o.progress = cli_progress_wanted(json) ? cli_progress : NULL;
+    o.warn = restore_warn;
     o.opaque = &prog;
     struct agent_restore_result res;
     int ret = CLI_EXIT_OK;
