@@ -304,35 +304,39 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
                      rule_names[rule]);
         }
     }
-    /* Remove oldest first: each removal merges into the next point.  The
-     * removals go in batches of PRUNE_BATCH points per transaction (one
-     * sync each, not one per point); a kill loses at most the batch under
-     * way, and every committed state is whole. */
-    unsigned in_batch = 0;
+    /* The decisions, oldest first. */
     for (size_t k = v.n; k-- > 0;) {
         struct pinfo *p = &v.p[k];
         if (o->decision)
             o->decision(o->opaque, p->id, p->time, p->keep, p->keep ? p->why : "no rule keeps it");
-        if (p->keep) {
+        if (p->keep)
             res->kept++;
-            continue;
-        }
-        if (!o->dry_run) {
-            if (in_batch == 0 && catalog_begin(r->cat) < 0)
-                goto out;
-            if (catalog_point_remove(r->cat, p->id) < 0) {
-                error_prefix("remove point %lld: ", (long long)p->id);
-                catalog_rollback(r->cat);
-                goto out;
-            }
-            if (++in_batch == PRUNE_BATCH) {
-                if (catalog_commit(r->cat) < 0)
-                    goto out;
-                res->removed += in_batch;
-                in_batch = 0;
-            }
-        } else {
+        else if (o->dry_run)
             res->removed++;
+    }
+    /* Removed newest first: each removal merges only its own cells into its
+     * child (the kept point above a run of removed ones gathers them once;
+     * oldest first would copy the growing map of the run again at every
+     * step).  In batches of PRUNE_BATCH points per transaction (one sync
+     * each, not one per point): a kill loses at most the batch under way,
+     * and every committed state is whole. */
+    unsigned in_batch = 0;
+    for (size_t k = 0; k < v.n && !o->dry_run; k++) {
+        struct pinfo *p = &v.p[k];
+        if (p->keep)
+            continue;
+        if (in_batch == 0 && catalog_begin(r->cat) < 0)
+            goto out;
+        if (catalog_point_remove(r->cat, p->id) < 0) {
+            error_prefix("remove point %lld: ", (long long)p->id);
+            catalog_rollback(r->cat);
+            goto out;
+        }
+        if (++in_batch == PRUNE_BATCH) {
+            if (catalog_commit(r->cat) < 0)
+                goto out;
+            res->removed += in_batch;
+            in_batch = 0;
         }
     }
     if (in_batch) {
