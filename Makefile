@@ -11,7 +11,7 @@
 
 CC       ?= cc
 PREFIX   ?= /usr/local
-PKGS     := gnutls libzstd sqlite3 libcurl json-c inih libisal libvirt
+PKGS     := gnutls libzstd sqlite3 libcurl json-c inih libisal libvirt libxml-2.0
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -43,6 +43,14 @@ else
     done
 fi
 
+# Heavy servers start once per suite: libvirtd (and virtlogd) when a
+# selected test says "# requires: libvirtd".
+if grep -lq '^# requires: libvirtd' "${tests[@]}" 2>/dev/null; then
+    "$here/../../scripts/libvirtd-test.sh" start --holder $$ ||
+        { echo "run.sh: libvirtd could not be started" >&2; exit 1; }
+    trap '"$here/../../scripts/libvirtd-test.sh" stop --holder $$' EXIT
+fi
+
 passed=0
 failed=0
 skipped=0
