@@ -203,10 +203,14 @@ static int lv_open(struct vm *v, const struct vm_open_opts *o)
         lv_error("cannot connect to libvirt at %s", uri);
         goto fail;
     }
-    if (!(p->dom = virDomainLookupByName(p->conn, o->domain)) &&
-        !(p->dom = virDomainLookupByUUIDString(p->conn, o->domain))) {
+    /* By name, or by UUID when it reads as one (the name's error stays). */
+    if (!(p->dom = virDomainLookupByName(p->conn, o->domain))) {
         lv_error("no domain %s at %s", o->domain, uri);
-        goto fail;
+        unsigned char raw[VIR_UUID_BUFLEN];
+        if (strlen(o->domain) != VIR_UUID_STRING_BUFLEN - 1 ||
+            sscanf(o->domain, "%2hhx", raw) != 1 ||
+            !(p->dom = virDomainLookupByUUIDString(p->conn, o->domain)))
+            goto fail;
     }
     snprintf(v->name, sizeof v->name, "%s", virDomainGetName(p->dom));
     if (virDomainIsActive(p->dom) != 1) {

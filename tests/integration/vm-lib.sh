@@ -114,13 +114,14 @@ XML
     cleanup_fn virsh -q destroy "$name"
 }
 
-# lv_write DOMAIN N QEMU-IO-WRITE: a guest write to disk N, mirrored to ref-N.raw.
+# lv_write DOMAIN N QEMU-IO-WRITE [R]: a guest write to disk N, mirrored to
+# ref-R.raw (R defaults to N).
 lv_write ()
 {
-    local dom=$1 n=$2 cmd=$3 out
+    local dom=$1 n=$2 cmd=$3 r=${4:-$2} out
     out=$(virsh -q qemu-monitor-command "$dom" --hmp \
         "qemu-io -d /machine/peripheral/virtio-disk$n/virtio-backend \"$cmd\"" 2>&1) \
         || fail "guest write '$cmd' to disk $n of $dom failed: $out"
     case $out in *rror*|*ailed*) fail "guest write '$cmd' to disk $n of $dom: $out" ;; esac
-    qemu-io -f raw -c "$cmd" "ref-$n.raw" >/dev/null || fail "qemu-io $cmd on ref-$n.raw"
+    qemu-io -f raw -c "$cmd" "ref-$r.raw" >/dev/null || fail "qemu-io $cmd on ref-$r.raw"
 }
