@@ -12,7 +12,9 @@
  * and the scratch files.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <pwd.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,18 @@ static void silent(void *opaque, virErrorPtr err)
 {
     (void)opaque;
     (void)err;
+}
+
+/* libvirt and libxml2 want their initialisation done once, before threads
+ * use them (run --jobs backs up several domains at once). */
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static int init_rc;
+
+static void init_libs(void)
+{
+    xmlInitParser();
+    init_rc = virInitialize();
+    virSetErrorFunc(NULL, silent);
 }
 
 /* The error of the last libvirt call, after what. */
@@ -194,7 +208,11 @@ static int lv_open(struct vm *v, const struct vm_open_opts *o)
         return -1;
     }
     v->priv = p;
-    virSetErrorFunc(NULL, silent);
+    pthread_once(&init_once, init_libs);
+    if (init_rc < 0) {
+        error_set(EIO, "libvirt: initialisation failed");
+        goto fail;
+    }
     if (!o->domain) {
         error_set(EINVAL, "no domain given");
         goto fail;
