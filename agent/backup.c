@@ -26,6 +26,7 @@
 #include "agent/grid.h"
 #include "agent/internal.h"
 #include "agent/pack.h"
+#include "common/cpus.h"
 #include "common/error.h"
 #include "common/vec.h"
 #include "nbdcore/nbdcore.h"
@@ -40,7 +41,8 @@
 #define ROW_FLUSH 8192
 #define PACK_MAX_ENTRIES 65536
 #define PENDING_SLOTS (2 * PACK_MAX_ENTRIES)
-#define WORKERS 2
+/* Worker threads: one per CPU available, up to MAX_WORKERS. */
+#define MAX_WORKERS 16
 
 /* ---- Extent lists of one window ------------------------------------------- */
 
@@ -1132,7 +1134,8 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
                  struct agent_backup_result *res)
 {
     struct backup *b = calloc(1, sizeof *b);
-    struct worker workers[WORKERS];
+    struct worker workers[MAX_WORKERS];
+    unsigned nwant = cpus_available() < MAX_WORKERS ? cpus_available() : MAX_WORKERS;
     unsigned nworkers = 0;
     char lockname[300], broken[512] = "";
     bool locked = false;
@@ -1243,7 +1246,7 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
         error_set(errno, "eventfd: %s", strerror(errno));
         goto abort;
     }
-    for (; nworkers < WORKERS; nworkers++) {
+    for (; nworkers < nwant; nworkers++) {
         struct worker *w = &workers[nworkers];
         w->b = b;
         if (pthread_create(&w->tid, NULL, worker_main, w) != 0) {
@@ -1278,7 +1281,7 @@ stop:
     b->stop_workers = true;
     pthread_cond_broadcast(&b->work_cond);
     pthread_mutex_unlock(&b->lock);
-    for (unsigned i = 0; i < WORKERS; i++) {
+    for (unsigned i = 0; i < nwant; i++) {
         struct worker *w = &workers[i];
         if (w->tid)
             pthread_join(w->tid, NULL);
@@ -1294,7 +1297,7 @@ stop:
      * visible. */
     pthread_mutex_lock(&b->store_lock);
     seal_open(b);
-    if (!b->err && nworkers == WORKERS && b->committer_started) {
+    if (!b->err && nworkers == nwant && b->committer_started) {
         np.id = b->point;
         np.finished = agent_now();
         np.bytes_planned = b->planned;
@@ -1315,7 +1318,7 @@ stop:
         error_set(b->err, "%s", b->errmsg);
         goto abort;
     }
-    if (nworkers < WORKERS || !b->commit_point)
+    if (nworkers < nwant || !b->commit_point)
         goto abort;
     if (!b->committed) {
         error_set(EIO, "internal error: the point was not committed");

@@ -24,12 +24,14 @@
 
 #include "agent/internal.h"
 #include "agent/pack.h"
+#include "common/cpus.h"
 #include "common/error.h"
 #include "nbdcore/nbdcore.h"
 
 #define NBUFS 32
 #define DIO_ALIGN 4096
-#define WORKERS 2
+/* Worker threads: one per CPU available, up to MAX_WORKERS. */
+#define MAX_WORKERS 16
 #define RESTORE_GC_WAIT_S 3600
 #define WRITEBACK_EVERY (64u * 1024 * 1024)
 
@@ -488,7 +490,8 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
                   struct agent_restore_result *res)
 {
     struct restore rs = { .repo = r, .o = o, .chunk = r->chunk_size, .fd = -1, .efd = -1 };
-    struct rworker workers[WORKERS];
+    struct rworker workers[MAX_WORKERS];
+    unsigned nwant = cpus_available() < MAX_WORKERS ? cpus_available() : MAX_WORKERS;
     struct catalog_point pt;
     struct catalog_map *map = NULL;
     char *tmp = NULL;
@@ -618,7 +621,7 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
         rs.items[i].next = rs.free_list;
         rs.free_list = &rs.items[i];
     }
-    for (; nworkers < WORKERS; nworkers++) {
+    for (; nworkers < nwant; nworkers++) {
         workers[nworkers].rs = &rs;
         if (!(workers[nworkers].reader = pack_reader_open(r->dir)))
             goto stop;
@@ -712,7 +715,7 @@ stop:
         error_set(rs.err, "%s", rs.errmsg);
         goto out;
     }
-    if (nworkers < WORKERS || !map)
+    if (nworkers < nwant || !map)
         goto out;
 
     /* Durable before we say so. */
