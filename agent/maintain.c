@@ -320,7 +320,10 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
      * step).  In batches of PRUNE_BATCH points per transaction (one sync
      * each, not one per point): a kill loses at most the batch under way,
      * and every committed state is whole. */
-    unsigned in_batch = 0;
+    unsigned in_batch = 0, batch = PRUNE_BATCH;
+    const char *bs = getenv("NBDVAULT_PRUNE_BATCH");   /* tests: smaller batches */
+    if (bs && atoi(bs) > 0)
+        batch = (unsigned)atoi(bs);
     for (size_t k = 0; k < v.n && !o->dry_run; k++) {
         struct pinfo *p = &v.p[k];
         if (p->keep)
@@ -332,7 +335,7 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
             catalog_rollback(r->cat);
             goto out;
         }
-        if (++in_batch == PRUNE_BATCH) {
+        if (++in_batch == batch) {
             if (catalog_commit(r->cat) < 0)
                 goto out;
             res->removed += in_batch;

@@ -133,13 +133,12 @@ static int qmp_open(struct vm *v, const struct vm_open_opts *o)
         snprintf(v->name, sizeof v->name, "%s", o->name);
     } else {
         struct json_object *r = qmp_exec(p->q, "query-name", NULL);
-        const char *name = qmp_str(r, "name");
-        if (name)
-            snprintf(v->name, sizeof v->name, "%s", name);
-        json_object_put(r);
         if (!r)
             goto fail;
-        if (!name || !*name) {
+        const char *name = qmp_str(r, "name");
+        snprintf(v->name, sizeof v->name, "%s", name ? name : "");
+        json_object_put(r);
+        if (!v->name[0]) {
             error_set(EINVAL, "QEMU at %s has no name (-name): give the VM's name with --vm NAME",
                       o->qmp_socket);
             goto fail;
