@@ -370,7 +370,10 @@ static int commit_pack(struct backup *b, struct pslot *ps, bool last)
     bool in_tx = false;
     int ret = -1;
 
-    if (n && pack_writer_seal(ps->pw, name, &psize) < 0)
+    /* The pack is durable before the write transaction begins: no SQLite
+     * write lock is held while a store makes an object durable (an upload
+     * may take seconds, longer than another process's busy timeout). */
+    if (n && (pack_writer_seal(ps->pw, name, &psize) < 0 || pack_writer_wait(ps->pw) < 0))
         goto out;
     if (catalog_begin(b->wcat) < 0)
         goto out;
@@ -416,8 +419,6 @@ out:
     pthread_mutex_unlock(&b->store_lock);
     if (ret == 0)
         ret = record_ready(b, last);
-    if (ret == 0 && n && pack_writer_wait(ps->pw) < 0)
-        ret = -1;
     if (in_tx && ret == 0)
         ret = catalog_commit(b->wcat);
     else if (in_tx)
