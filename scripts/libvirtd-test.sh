@@ -44,7 +44,8 @@ fi
 
 mkdir -p "$STATE_DIR/holders"
 exec 9>"$STATE_DIR/lock"
-flock 9
+# Bounded: a stuck holder of the lock must not hang a whole suite.
+flock -w 120 9 || { echo "libvirtd-test: $STATE_DIR/lock is held by another process for over 120 s" >&2; exit 1; }
 
 # alive PID NAME: PID runs and its command is NAME (guards against reuse).
 alive ()
@@ -74,8 +75,9 @@ start_daemon ()
         return 0
     fi
     rm -f "$pidfile"
-    # Its stdio must not hold the caller's pipes open.
-    "$name" -d </dev/null >/dev/null 2>&1
+    # Its stdio must not hold the caller's pipes open, nor fd 9 our lock:
+    # a daemon that kept the lock would block every later call for good.
+    "$name" -d </dev/null >/dev/null 2>&1 9>&-
     for i in $(seq 100); do
         pid=$(cat "$pidfile" 2>/dev/null || true)
         if alive "$pid" "$name"; then
