@@ -43,6 +43,7 @@ NBDCORE_SRCS := $(wildcard nbdcore/*.c)
 CATALOG_SRCS := $(wildcard catalog/*.c)
 AGENT_SRCS   := $(wildcard agent/*.c)
 VM_SRCS      := $(wildcard vm/*.c)
+STORE_SRCS   := $(wildcard store/*.c)
 COMMON_SRCS  := $(wildcard common/*.c)
 CLI_SRCS     := $(wildcard cli/*.c)
 
@@ -77,7 +78,7 @@ $(NBDCORE_LIB): $(call obj,$(NBDCORE_SRCS) $(COMMON_SRCS))
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(APP_LIB): $(call obj,$(AGENT_SRCS) $(VM_SRCS) $(CATALOG_SRCS) $(filter-out cli/main.c,$(CLI_SRCS)))
+$(APP_LIB): $(call obj,$(AGENT_SRCS) $(STORE_SRCS) $(VM_SRCS) $(CATALOG_SRCS) $(filter-out cli/main.c,$(CLI_SRCS)))
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^

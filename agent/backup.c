@@ -294,7 +294,7 @@ static struct pslot *pslot_new(struct backup *b)
         return NULL;
     }
     memset(ps->index, 0xff, PENDING_SLOTS * sizeof *ps->index);
-    if (!(ps->pw = pack_writer_open(b->repo->dir))) {
+    if (!(ps->pw = pack_writer_open(b->repo->store))) {
         pslot_free(ps);
         return NULL;
     }
@@ -720,7 +720,7 @@ static void *worker_main(void *opaque)
      * catalog handle takes a few hundred microseconds).  A worker that
      * cannot start fails the backup, then drains its share of batches. */
     w->outcap = chunk_bound(b->chunk);
-    if (!(w->cat = catalog_open(b->repo->catalog_path)) || !(w->reader = pack_reader_open(b->repo->dir)))
+    if (!(w->cat = catalog_open(b->repo->catalog_path)) || !(w->reader = pack_reader_open(b->repo->store)))
         fail(b, error_errno(), "%s", error_msg());
     else if (!(w->cctx = ZSTD_createCCtx()) || !(w->out = malloc(w->outcap)) ||
              !(w->parent = malloc(b->chunk)))

@@ -7,9 +7,12 @@
 #include "agent/agent.h"
 #include "catalog/catalog.h"
 
+struct store;
+
 struct agent_repo {
-    char *dir;
-    char *catalog_path;
+    char *dir;                    /* the location as given, for messages */
+    struct store *store;          /* where the packs live */
+    char *catalog_path;           /* in the store's state directory */
     struct catalog *cat;          /* the opening thread's handle */
     uint32_t chunk_size;
 };

@@ -45,16 +45,6 @@ static int idset_cb(void *opaque, int64_t id)
     return idset_add(opaque, id);
 }
 
-static char *pack_path(const struct agent_repo *r, const char *name)
-{
-    char *p;
-    if (asprintf(&p, "%s/packs/%s", r->dir, name) < 0) {
-        error_set(ENOMEM, "out of memory");
-        return NULL;
-    }
-    return p;
-}
-
 /* ---- verify ------------------------------------------------------------- */
 
 struct verify {
@@ -94,14 +84,10 @@ static int scan_pack_once(struct verify *v, int64_t pack_id, const char *name)
     if (idset_add(&v->packs_seen, pack_id) < 0)
         return -1;
     v->res->packs++;
-    char *path = pack_path(v->r, name);
-    if (!path)
-        return -1;
-    if (pack_scan(path, false, NULL, NULL) < 0) {
+    if (pack_scan(v->r->store, name, false, NULL, NULL) < 0) {
         v->res->damaged_packs++;
         damage(v, "%s", error_msg());
     }
-    free(path);
     return 0;
 }
 
@@ -174,7 +160,7 @@ int agent_verify(struct agent_repo *r, const struct agent_verify_opts *o,
                   o->disk ? " of disk " : "", o->disk ? o->disk : "");
         goto out;
     }
-    if (!(v.reader = pack_reader_open(r->dir)) || !(v.buf = malloc(r->chunk_size)))
+    if (!(v.reader = pack_reader_open(r->store)) || !(v.buf = malloc(r->chunk_size)))
         goto out;
     if (v.selected.n &&
         catalog_chunks_referenced(r->cat, v.selected.v, v.selected.n, verify_chunk, &v) < 0)
@@ -462,7 +448,7 @@ static int rewrite_pack(struct gc *g, size_t i)
     int ret = -1;
 
     rw.storedcap = chunk_bound(g->r->chunk_size);
-    if (!(rw.reader = pack_reader_open(g->r->dir)) || !(rw.w = pack_writer_open(g->r->dir)) ||
+    if (!(rw.reader = pack_reader_open(g->r->store)) || !(rw.w = pack_writer_open(g->r->store)) ||
         !(rw.cctx = ZSTD_createCCtx()) || !(rw.plain = malloc(g->r->chunk_size)) ||
         !(rw.stored = malloc(rw.storedcap))) {
         if (!rw.cctx || !rw.plain || !rw.stored)
@@ -476,7 +462,7 @@ static int rewrite_pack(struct gc *g, size_t i)
     if (catalog_pack_replace(g->r->cat, g->packs[i].id, name, size, rw.moved, rw.nmoved) < 0)
         goto out;
     /* The catalog no longer points at the old pack: remove it. */
-    if (pack_remove(g->r->dir, g->packs[i].name) < 0)
+    if (pack_remove(g->r->store, g->packs[i].name) < 0)
         goto out;
     g->res->packs_rewritten++;
     g->res->bytes_freed += g->packs[i].size > size ? g->packs[i].size - size : 0;
@@ -514,7 +500,7 @@ static int sweep_file(void *opaque, const char *name, bool is_temp)
     g->res->orphans_removed++;
     gc_note(g, "%s orphan %s %s", g->o->dry_run ? "would remove" : "removed",
             is_temp ? "temporary file" : "pack", name);
-    if (!g->o->dry_run && pack_remove(g->r->dir, name) < 0)
+    if (!g->o->dry_run && pack_remove(g->r->store, name) < 0)
         return -1;
     return 0;
 }
@@ -554,7 +540,7 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
             gc_note(&g, "%s pack %s (no chunk in use)", o->dry_run ? "would remove" : "removed",
                     g.packs[i].name);
             if (!o->dry_run && (catalog_pack_delete(r->cat, g.packs[i].id) < 0 ||
-                                pack_remove(r->dir, g.packs[i].name) < 0))
+                                pack_remove(r->store, g.packs[i].name) < 0))
                 goto out;
         } else if ((double)dead_bytes(&g, i) > below * (double)g.packs[i].size) {
             if (o->dry_run) {
@@ -567,7 +553,7 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
         }
     }
     /* 3. Files that no catalog row points at. */
-    if (catalog_pack_list(r->cat, gather_known, &g) < 0 || pack_list_files(r->dir, sweep_file, &g) < 0)
+    if (catalog_pack_list(r->cat, gather_known, &g) < 0 || pack_list_files(r->store, sweep_file, &g) < 0)
         goto out;
     ret = 0;
 out:;

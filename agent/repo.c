@@ -11,6 +11,7 @@
 
 #include "agent/internal.h"
 #include "common/error.h"
+#include "store/store.h"
 
 static char *join(const char *dir, const char *name)
 {
@@ -34,9 +35,9 @@ static int fsync_dir(const char *dir)
 
 int agent_repo_init(const char *dir, uint32_t chunk_size)
 {
-    char *cat = NULL, *packs = NULL;
+    struct store *st = NULL;
+    char *cat = NULL;
     int ret = -1;
-    struct stat st;
 
     if (chunk_size < AGENT_MIN_CHUNK_SIZE || chunk_size > AGENT_MAX_CHUNK_SIZE ||
         (chunk_size & (chunk_size - 1))) {
@@ -47,29 +48,25 @@ int agent_repo_init(const char *dir, uint32_t chunk_size)
         error_set(errno, "create repository %s: %s", dir, strerror(errno));
         return -1;
     }
-    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        error_set(ENOTDIR, "repository %s is not a directory", dir);
+    if (!(st = store_open(dir))) {
+        error_prefix("create repository: ");
         return -1;
     }
-    if (!(cat = join(dir, "catalog.db")) || !(packs = join(dir, "packs")))
+    if (!(cat = join(store_state_dir(st), "catalog.db")))
         goto out;
     if (access(cat, F_OK) == 0) {
         error_set(EEXIST, "%s already holds a repository", dir);
-        goto out;
-    }
-    if (mkdir(packs, 0700) < 0 && errno != EEXIST) {
-        error_set(errno, "create %s: %s", packs, strerror(errno));
         goto out;
     }
     if (catalog_create(cat, chunk_size) < 0) {
         error_prefix("create repository %s: ", dir);
         goto out;
     }
-    fsync_dir(dir);
+    fsync_dir(store_state_dir(st));
     ret = 0;
 out:
     free(cat);
-    free(packs);
+    store_close(st);
     return ret;
 }
 
@@ -81,7 +78,19 @@ struct agent_repo *agent_repo_open(const char *dir, bool create)
         error_set(ENOMEM, "out of memory");
         return NULL;
     }
-    if (!(r->dir = strdup(dir)) || !(r->catalog_path = join(dir, "catalog.db")))
+    if (!(r->dir = strdup(dir)))
+        goto fail;
+    if (create && access(dir, F_OK) < 0 && agent_repo_init(dir, AGENT_DEFAULT_CHUNK_SIZE) < 0)
+        goto fail;
+    if (!(r->store = store_open(dir))) {
+        if (error_errno() == ENOENT)
+            error_set(ENOENT, "%s is not a repository (no catalog.db; create one with "
+                              "'nbdvault init --repo %s')", dir, dir);
+        else
+            error_prefix("repository: ");
+        goto fail;
+    }
+    if (!(r->catalog_path = join(store_state_dir(r->store), "catalog.db")))
         goto fail;
     if (access(r->catalog_path, F_OK) < 0) {
         if (!create) {
@@ -108,6 +117,7 @@ void agent_repo_close(struct agent_repo *r)
     if (!r)
         return;
     catalog_close(r->cat);
+    store_close(r->store);
     free(r->dir);
     free(r->catalog_path);
     free(r);
@@ -177,7 +187,7 @@ int agent_list(struct agent_repo *r, const char *disk,
  * message of the one refused. */
 int agent_repo_run_lock(struct agent_repo *r)
 {
-    char *path = join(r->dir, "run.lock");
+    char *path = join(store_state_dir(r->store), "run.lock");
     char host[256] = "";
     int fd;
 

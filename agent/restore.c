@@ -623,7 +623,7 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
     }
     for (; nworkers < nwant; nworkers++) {
         workers[nworkers].rs = &rs;
-        if (!(workers[nworkers].reader = pack_reader_open(r->dir)))
+        if (!(workers[nworkers].reader = pack_reader_open(r->store)))
             goto stop;
         if (pthread_create(&workers[nworkers].tid, NULL, rworker_main, &workers[nworkers]) != 0) {
             pack_reader_close(workers[nworkers].reader);

@@ -12,6 +12,7 @@
 #ifndef NBDCORE_CODEC_H
 #define NBDCORE_CODEC_H
 
+#include "common/be.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,25 +27,13 @@
 #define NBD_MAX_META_CHUNK    (64u * 1024)        /* error chunks and other metadata */
 
 /* ---- Byte order -------------------------------------------------------- */
-static inline uint16_t nbd_get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static inline uint32_t nbd_get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static inline uint64_t nbd_get64(const uint8_t *p)
-{
-    return (uint64_t)nbd_get32(p) << 32 | nbd_get32(p + 4);
-}
-static inline void nbd_put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = (uint8_t)v; }
-static inline void nbd_put32(uint8_t *p, uint32_t v)
-{
-    p[0] = v >> 24; p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
-}
-static inline void nbd_put64(uint8_t *p, uint64_t v)
-{
-    nbd_put32(p, (uint32_t)(v >> 32));
-    nbd_put32(p + 4, (uint32_t)v);
-}
+/* common/be.h's helpers under the names the protocol code uses. */
+#define nbd_get16 be_get16
+#define nbd_get32 be_get32
+#define nbd_get64 be_get64
+#define nbd_put16 be_put16
+#define nbd_put32 be_put32
+#define nbd_put64 be_put64
 
 /* ---- A growable output buffer for options ------------------------------ */
 struct nbd_wbuf {

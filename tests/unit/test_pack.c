@@ -21,6 +21,7 @@
 
 #include "agent/pack.h"
 #include "common/error.h"
+#include "store/store.h"
 
 #define UNUSED __attribute__((unused))
 
@@ -66,6 +67,7 @@ static void fill_text(uint8_t *buf, size_t len, uint64_t seed)
 
 struct fx {
     char dir[64];
+    struct store *st;
     ZSTD_CCtx *cctx;
     ZSTD_DCtx *dctx;
 };
@@ -77,6 +79,8 @@ static int setup(void **state)
     assert_non_null(f);
     strcpy(f->dir, "/tmp/test_pack.XXXXXX");
     assert_non_null(mkdtemp(f->dir));
+    f->st = store_open(f->dir);
+    assert_non_null(f->st);
     f->cctx = ZSTD_createCCtx();
     f->dctx = ZSTD_createDCtx();
     assert_non_null(f->cctx);
@@ -96,6 +100,7 @@ static int teardown(void **state)
     struct fx *f = *state;
 
     nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    store_close(f->st);
     ZSTD_freeCCtx(f->cctx);
     ZSTD_freeDCtx(f->dctx);
     free(f);
@@ -119,6 +124,34 @@ static void expect_error(int r, int err, ...)
         if (!strstr(error_msg(), w))
             fail_msg("error \"%s\" does not mention \"%s\"", error_msg(), w);
     va_end(ap);
+}
+
+/* pack_parse over a file, named by its path: the parser on damage that the
+ * tests make with truncate(2) and flipped bytes. */
+static ssize_t file_read(void *opaque, void *buf, size_t len, uint64_t off)
+{
+    ssize_t n = pread(*(int *)opaque, buf, len, (off_t)off);
+    if (n < 0)
+        error_set(errno, "read: %s", strerror(errno));
+    return n;
+}
+
+static int scan_file(const char *path, bool check_ids,
+                     int (*fn)(void *opaque, const struct pack_entry *e), void *opaque)
+{
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    int r;
+
+    if (fd < 0) {
+        error_set(errno, "pack %s: open: %s", path, strerror(errno));
+        return -1;
+    }
+    assert_int_equal(fstat(fd, &st), 0);
+    struct pack_src src = { path, (uint64_t)st.st_size, file_read, &fd };
+    r = pack_parse(&src, check_ids, fn, opaque);
+    close(fd);
+    return r;
 }
 
 /* ---- A written pack ----------------------------------------------------- */
@@ -182,7 +215,7 @@ static void assert_entries_equal(const struct pack_entry *a, const struct pack_e
 
 static void write_pack(struct fx *f, size_t n, uint64_t seed, struct written *wr)
 {
-    struct pack_writer *w = pack_writer_open(f->dir);
+    struct pack_writer *w = pack_writer_open(f->st);
 
     if (!w)
         fail_msg("pack_writer_open: %s", error_msg());
@@ -274,7 +307,7 @@ static struct listing list_files(struct fx *f)
     struct listing l;
 
     memset(&l, 0, sizeof l);
-    if (pack_list_files(f->dir, list_cb, &l) != 0)
+    if (pack_list_files(f->st, list_cb, &l) != 0)
         fail_msg("pack_list_files: %s", error_msg());
     return l;
 }
@@ -478,7 +511,7 @@ static void test_pack_roundtrip(void **state)
     for (size_t i = 1; i < wr.n; i++)
         assert_true(wr.e[i].offset > wr.e[i - 1].offset + wr.e[i - 1].stored_len);
 
-    r = pack_reader_open(f->dir);
+    r = pack_reader_open(f->st);
     assert_non_null(r);
     for (size_t i = 0; i < wr.n; i++)
         if (get_chunk(r, &wr, i) != 0)
@@ -489,11 +522,12 @@ static void test_pack_roundtrip(void **state)
             fail_msg("get chunk %zu: %s", (i * 37) % wr.n, error_msg());
     pack_reader_close(r);
 
-    if (pack_scan(wr.path, true, collect_cb, c) != 0)
+    /* Through the store, and the parser alone. */
+    if (pack_scan(f->st, wr.name, true, collect_cb, c) != 0)
         fail_msg("pack_scan: %s", error_msg());
     assert_int_equal(c->n, wr.n);
     assert_entries_equal(c->e, wr.e, wr.n);
-    assert_int_equal(pack_scan(wr.path, false, NULL, NULL), 0);
+    assert_int_equal(scan_file(wr.path, false, NULL, NULL), 0);
     free(c);
     written_free(&wr);
 }
@@ -504,7 +538,7 @@ static void test_empty_pack(void **state)
     struct written wr;
 
     write_pack(f, 0, 11, &wr);
-    assert_int_equal(pack_scan(wr.path, true, NULL, NULL), 0);
+    assert_int_equal(scan_file(wr.path, true, NULL, NULL), 0);
     written_free(&wr);
 }
 
@@ -519,7 +553,7 @@ static void test_flip_data(void **state)
     flip_byte(wr.path, wr.e[7].offset + 56 + wr.e[7].stored_len / 2);
     chunk_hash_hex(wr.e[7].hash, hex);
 
-    r = pack_reader_open(f->dir);
+    r = pack_reader_open(f->st);
     assert_non_null(r);
     expect_error(get_chunk(r, &wr, 7), EIO, wr.name, hex, "CRC mismatch", NULL);
     assert_int_equal(get_chunk(r, &wr, 6), 0);
@@ -527,7 +561,7 @@ static void test_flip_data(void **state)
     pack_reader_close(r);
 
     snprintf(off, sizeof off, "offset %llu:", (unsigned long long)wr.e[7].offset);
-    expect_error(pack_scan(wr.path, false, NULL, NULL), EIO, wr.path, off, "CRC mismatch",
+    expect_error(scan_file(wr.path, false, NULL, NULL), EIO, wr.path, off, "CRC mismatch",
                  NULL);
     written_free(&wr);
 }
@@ -542,16 +576,16 @@ static void test_flip_entry_header(void **state)
     write_pack(f, 20, 13, &wr);
     flip_byte(wr.path, wr.e[3].offset + 46);   /* in stored_len */
     chunk_hash_hex(wr.e[3].hash, hex);
-    r = pack_reader_open(f->dir);
+    r = pack_reader_open(f->st);
     assert_non_null(r);
     expect_error(get_chunk(r, &wr, 3), EIO, wr.name, hex, NULL);
     assert_int_equal(get_chunk(r, &wr, 4), 0);
     pack_reader_close(r);
     snprintf(off, sizeof off, "offset %llu:", (unsigned long long)wr.e[3].offset);
-    expect_error(pack_scan(wr.path, false, NULL, NULL), EIO, off, "header", NULL);
+    expect_error(scan_file(wr.path, false, NULL, NULL), EIO, off, "header", NULL);
 
     /* An entry that is not where the catalog says. */
-    r = pack_reader_open(f->dir);
+    r = pack_reader_open(f->st);
     assert_non_null(r);
     wr.e[4].offset += 1;
     expect_error(get_chunk(r, &wr, 4), EIO, wr.name, NULL);
@@ -569,7 +603,7 @@ static void test_flip_entry_header(void **state)
 static void test_scan_check_ids(void **state)
 {
     struct fx *f = *state;
-    struct pack_writer *w = pack_writer_open(f->dir);
+    struct pack_writer *w = pack_writer_open(f->st);
     struct pack_entry e;
     char name[PACK_NAME_MAX], path[256], hex[65];
     uint8_t plain[1000], *stored;
@@ -585,8 +619,8 @@ static void test_scan_check_ids(void **state)
     pack_writer_free(w);
     free(stored);
     snprintf(path, sizeof path, "%s/packs/%s", f->dir, name);
-    assert_int_equal(pack_scan(path, false, NULL, NULL), 0);
-    expect_error(pack_scan(path, true, NULL, NULL), EIO, path, hex,
+    assert_int_equal(scan_file(path, false, NULL, NULL), 0);
+    expect_error(scan_file(path, true, NULL, NULL), EIO, path, hex,
                  "content does not match its id", NULL);
 }
 
@@ -602,33 +636,33 @@ static void test_flip_index(void **state)
 
     /* A record of the index. */
     flip_byte(wr.path, index_off + 8 + 5 * 56 + 40);
-    expect_error(pack_scan(wr.path, true, NULL, NULL), EIO, wr.path, "index record 5", NULL);
+    expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, "index record 5", NULL);
     /* The chunks themselves are still whole. */
-    r = pack_reader_open(f->dir);
+    r = pack_reader_open(f->st);
     assert_non_null(r);
     for (size_t i = 0; i < wr.n; i++)
         assert_int_equal(get_chunk(r, &wr, i), 0);
     pack_reader_close(r);
     flip_byte(wr.path, index_off + 8 + 5 * 56 + 40);
-    assert_int_equal(pack_scan(wr.path, true, NULL, NULL), 0);
+    assert_int_equal(scan_file(wr.path, true, NULL, NULL), 0);
 
     /* The index header, the footer's CRC, its magic. */
     flip_byte(wr.path, index_off + 1);
-    expect_error(pack_scan(wr.path, true, NULL, NULL), EIO, wr.path, "index", NULL);
+    expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, "index", NULL);
     flip_byte(wr.path, index_off + 1);
     flip_byte(wr.path, index_off + 6);
-    expect_error(pack_scan(wr.path, true, NULL, NULL), EIO, wr.path, "index", NULL);
+    expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, "index", NULL);
     flip_byte(wr.path, index_off + 6);
     flip_byte(wr.path, wr.size - 24 + 13);
-    expect_error(pack_scan(wr.path, true, NULL, NULL), EIO, wr.path, "index CRC mismatch", NULL);
+    expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, "index CRC mismatch", NULL);
     flip_byte(wr.path, wr.size - 24 + 13);
     flip_byte(wr.path, wr.size - 1);
-    expect_error(pack_scan(wr.path, true, NULL, NULL), EIO, wr.path, "footer", NULL);
+    expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, "footer", NULL);
     flip_byte(wr.path, wr.size - 1);
     flip_byte(wr.path, wr.size - 24 + 7);      /* the index offset */
-    expect_error(pack_scan(wr.path, true, NULL, NULL), EIO, wr.path, NULL);
+    expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, NULL);
     flip_byte(wr.path, wr.size - 24 + 7);
-    assert_int_equal(pack_scan(wr.path, true, NULL, NULL), 0);
+    assert_int_equal(scan_file(wr.path, true, NULL, NULL), 0);
     written_free(&wr);
 }
 
@@ -656,11 +690,11 @@ static void test_truncated(void **state)
             assert_int_equal(truncate(wr.path, (off_t)cut), 0);
             snprintf(msg, sizeof msg, "truncated at offset %llu", (unsigned long long)cut);
             c->n = 0;
-            expect_error(pack_scan(wr.path, true, collect_cb, c), EIO, wr.path, msg, NULL);
+            expect_error(scan_file(wr.path, true, collect_cb, c), EIO, wr.path, msg, NULL);
             if (i == 3) {
                 assert_int_equal(c->n, 12);
                 assert_entries_equal(c->e, wr.e, 12);
-                r = pack_reader_open(f->dir);
+                r = pack_reader_open(f->st);
                 assert_non_null(r);
                 expect_error(get_chunk(r, &wr, 12), EIO, wr.name, "cut short", NULL);
                 expect_error(get_chunk(r, &wr, 13), EIO, wr.name, NULL);
@@ -680,7 +714,7 @@ static void test_truncated_footer(void **state)
 
     write_pack(f, 4, 17, &wr);
     assert_int_equal(truncate(wr.path, (off_t)wr.size - 1), 0);
-    expect_error(pack_scan(wr.path, false, NULL, NULL), EIO, wr.path, "truncated at offset",
+    expect_error(scan_file(wr.path, false, NULL, NULL), EIO, wr.path, "truncated at offset",
                  NULL);
     written_free(&wr);
 }
@@ -699,7 +733,7 @@ static void test_garbage(void **state)
     assert_non_null(fp);
     assert_int_equal(fwrite(junk, 1, sizeof junk, fp), sizeof junk);
     fclose(fp);
-    expect_error(pack_scan(path, true, NULL, NULL), EIO, path, "not a pack", NULL);
+    expect_error(scan_file(path, true, NULL, NULL), EIO, path, "not a pack", NULL);
 
     /* A good pack with bytes after its footer. */
     write_pack(f, 3, 19, &wr);
@@ -707,7 +741,7 @@ static void test_garbage(void **state)
     assert_non_null(fp);
     assert_int_equal(fwrite(junk, 1, 100, fp), 100);
     fclose(fp);
-    expect_error(pack_scan(wr.path, true, NULL, NULL), EIO, wr.path, "after the footer", NULL);
+    expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, "after the footer", NULL);
 
     /* Garbage instead of an entry. */
     assert_int_equal(truncate(wr.path, (off_t)wr.e[2].offset), 0);
@@ -717,13 +751,13 @@ static void test_garbage(void **state)
     fclose(fp);
     snprintf(path, sizeof path, "entry at offset %llu: bad magic",
              (unsigned long long)wr.e[2].offset);
-    expect_error(pack_scan(wr.path, true, NULL, NULL), EIO, wr.path, path, NULL);
+    expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, path, NULL);
 
     /* A version from the future. */
     written_free(&wr);
     write_pack(f, 1, 20, &wr);
     flip_byte(wr.path, 11);
-    expect_error(pack_scan(wr.path, true, NULL, NULL), EIO, wr.path, "version", NULL);
+    expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, "version", NULL);
     written_free(&wr);
 }
 
@@ -735,7 +769,7 @@ static void test_missing(void **state)
     char path[256];
 
     write_pack(f, 2, 21, &wr);
-    r = pack_reader_open(f->dir);
+    r = pack_reader_open(f->st);
     assert_non_null(r);
     strcpy(wr.name, "ab/ab000000000000000000000000000000.pack");
     expect_error(get_chunk(r, &wr, 0), EIO, "pack ab/ab000000000000000000000000000000.pack is "
@@ -744,8 +778,9 @@ static void test_missing(void **state)
     expect_error(get_chunk(r, &wr, 0), EINVAL, "invalid pack name", NULL);
     pack_reader_close(r);
 
-    snprintf(path, sizeof path, "%s/packs/none.pack", f->dir);
-    expect_error(pack_scan(path, false, NULL, NULL), ENOENT, path, NULL);
+    snprintf(path, sizeof path, "%s/packs/ab/none.pack", f->dir);
+    expect_error(pack_scan(f->st, "ab/none.pack", false, NULL, NULL), ENOENT, path, "missing",
+                 NULL);
     written_free(&wr);
 }
 
@@ -758,7 +793,7 @@ static void test_writer_unfinished(void **state)
     uint8_t plain[5000], *stored;
 
     /* Nothing written. */
-    w = pack_writer_open(f->dir);
+    w = pack_writer_open(f->st);
     assert_non_null(w);
     l = list_files(f);
     assert_int_equal(l.temps, 1);
@@ -769,7 +804,7 @@ static void test_writer_unfinished(void **state)
     assert_int_equal(l.temps + l.packs, 0);
 
     /* Some entries written, never finished. */
-    w = pack_writer_open(f->dir);
+    w = pack_writer_open(f->st);
     assert_non_null(w);
     fill_text(plain, sizeof plain, 22);
     make_entry(f, plain, sizeof plain, &e, &stored);
@@ -786,7 +821,7 @@ static void test_writer_unfinished(void **state)
 static void test_writer_bad_entry(void **state)
 {
     struct fx *f = *state;
-    struct pack_writer *w = pack_writer_open(f->dir);
+    struct pack_writer *w = pack_writer_open(f->st);
     struct pack_entry e;
     uint8_t plain[100] = { 0 };
     char name[PACK_NAME_MAX];
@@ -826,7 +861,7 @@ static void test_write_error(void **state)
     assert_non_null(plain);
     fill_random(plain, 256 * 1024, 23);
     make_entry(f, plain, 256 * 1024, &e, &stored);
-    w = pack_writer_open(f->dir);
+    w = pack_writer_open(f->st);
     assert_non_null(w);
     l = list_files(f);
     assert_int_equal(l.temps, 1);
@@ -869,7 +904,7 @@ static void test_remove_and_list(void **state)
     assert_int_equal(l.packs + l.temps, 0);
     write_pack(f, 2, 24, &a);
     write_pack(f, 2, 25, &b);
-    w = pack_writer_open(f->dir);
+    w = pack_writer_open(f->st);
     assert_non_null(w);
     /* Strays that are not packs. */
     snprintf(path, sizeof path, "%s/packs/README", f->dir);
@@ -888,12 +923,12 @@ static void test_remove_and_list(void **state)
     assert_true(strcmp(l.names[0], l.names[1]) < 0 && strcmp(l.names[1], l.names[2]) < 0);
     pack_writer_free(w);
 
-    assert_int_equal(pack_remove(f->dir, a.name), 0);
+    assert_int_equal(pack_remove(f->st, a.name), 0);
     l = list_files(f);
     assert_int_equal(l.packs, 1);
     assert_string_equal(l.names[0], b.name);
-    expect_error(pack_remove(f->dir, a.name), ENOENT, a.name, NULL);
-    expect_error(pack_remove(f->dir, "../x.pack"), EINVAL, NULL);
+    expect_error(pack_remove(f->st, a.name), ENOENT, a.name, NULL);
+    expect_error(pack_remove(f->st, "../x.pack"), EINVAL, NULL);
     written_free(&a);
     written_free(&b);
 }
@@ -924,7 +959,7 @@ static void test_reader_cache(void **state)
     for (int i = 0; i < NPACKS; i++)
         write_pack(f, 3, 100 + (uint64_t)i, &wr[i]);
     base = count_fds();
-    r = pack_reader_open(f->dir);
+    r = pack_reader_open(f->st);
     assert_non_null(r);
     for (int round = 0; round < 3; round++)
         for (int i = 0; i < NPACKS; i++) {
@@ -936,9 +971,9 @@ static void test_reader_cache(void **state)
         }
     /* A pack removed while its file is cached still reads; one never
      * opened does not. */
-    assert_int_equal(pack_remove(f->dir, wr[NPACKS - 1].name), 0);
+    assert_int_equal(pack_remove(f->st, wr[NPACKS - 1].name), 0);
     assert_int_equal(get_chunk(r, &wr[NPACKS - 1], 0), 0);
-    assert_int_equal(pack_remove(f->dir, wr[0].name), 0);
+    assert_int_equal(pack_remove(f->st, wr[0].name), 0);
     expect_error(get_chunk(r, &wr[0], 0), EIO, "is missing", NULL);
     pack_reader_close(r);
     assert_int_equal(count_fds(), base);
@@ -965,7 +1000,7 @@ static void test_scan_callback_stops(void **state)
     int n = 0;
 
     write_pack(f, 5, 26, &wr);
-    expect_error(pack_scan(wr.path, true, stop_cb, &n), ECANCELED, "stop here", NULL);
+    expect_error(scan_file(wr.path, true, stop_cb, &n), ECANCELED, "stop here", NULL);
     assert_int_equal(n, 2);
     written_free(&wr);
 }
@@ -998,18 +1033,18 @@ static void test_direct_and_buffered(void **state)
         uint8_t *dd, *db;
         size_t ld, lb;
 
-        pack_writer_direct_io(true);
+        store_direct_io(true);
         write_pack(f, counts[k], 40 + k, &wd);
-        pack_writer_direct_io(false);
+        store_direct_io(false);
         write_pack(f, counts[k], 40 + k, &wb);
-        pack_writer_direct_io(true);
+        store_direct_io(true);
         slurp(wd.path, &dd, &ld);
         slurp(wb.path, &db, &lb);
         assert_int_equal(ld, wd.size);
         assert_int_equal(lb, wb.size);
         assert_int_equal(ld, lb);
         assert_memory_equal(dd, db, ld);
-        if (pack_scan(wd.path, true, NULL, NULL) != 0)
+        if (scan_file(wd.path, true, NULL, NULL) != 0)
             fail_msg("pack of %zu chunks: %s", counts[k], error_msg());
         free(dd);
         free(db);
@@ -1036,7 +1071,7 @@ static void test_seal_wait_abandon(void **state)
     fill_text(plain, 200 * 1024, 50);
     make_entry(f, plain, 200 * 1024, &e, &stored);
     for (int abandon = 0; abandon < 2; abandon++) {
-        struct pack_writer *w = pack_writer_open(f->dir);
+        struct pack_writer *w = pack_writer_open(f->st);
         assert_non_null(w);
         for (int i = 0; i < 12; i++) /* several buffers' worth */
             assert_int_equal(pack_writer_add(w, &e, stored), 0);
@@ -1049,9 +1084,9 @@ static void test_seal_wait_abandon(void **state)
             snprintf(path, sizeof path, "%s/packs/%s", f->dir, name);
             assert_int_equal(stat(path, &st), 0);
             assert_int_equal((uint64_t)st.st_size, size);
-            if (pack_scan(path, true, NULL, NULL) != 0)
+            if (scan_file(path, true, NULL, NULL) != 0)
                 fail_msg("sealed pack: %s", error_msg());
-            assert_int_equal(pack_remove(f->dir, name), 0);
+            assert_int_equal(pack_remove(f->st, name), 0);
         }
         pack_writer_free(w);
         l = list_files(f);
