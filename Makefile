@@ -111,11 +111,21 @@ $(BUILD)/tests/fuzz/%-replay: $(BUILD)/tests/fuzz/%.o $(BUILD)/tests/fuzz/replay
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# The pack parser's harness needs the agent's pure pack code.
+$(BUILD)/tests/fuzz/fuzz_pack-replay: $(BUILD)/tests/fuzz/fuzz_pack.o $(BUILD)/tests/fuzz/replay-main.o $(APP_LIB) $(NBDCORE_LIB)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/fuzz/replay-main.o: tests/fuzz/replay-main.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer
+build-fuzz/fuzz_pack: tests/fuzz/fuzz_pack.c agent/packfmt.c agent/chunk.c $(COMMON_SRCS)
+	@mkdir -p build-fuzz
+	@echo "  FUZZ    $@"
+	$(Q)clang $(filter-out -MMD -MP,$(CPPFLAGS)) $(FUZZ_FLAGS) -o $@ $^ $(PKG_LIBS) -pthread
+
 build-fuzz/%: tests/fuzz/%.c $(NBDCORE_SRCS) $(COMMON_SRCS)
 	@mkdir -p build-fuzz
 	@echo "  FUZZ    $@"
