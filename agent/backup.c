@@ -584,10 +584,7 @@ static int load_parent(struct worker *w, int64_t chunk_id, uint64_t len)
                   ch.plain_len, (unsigned long long)len);
         return -1;
     }
-    struct pack_entry e = { .codec = ch.codec, .stored_len = ch.stored_len,
-                            .plain_len = ch.plain_len, .crc = ch.crc, .offset = ch.offset };
-    memcpy(e.hash, ch.hash, PACK_HASH_LEN);
-    return pack_reader_get(w->reader, ch.pack, &e, w->parent);
+    return agent_chunk_read(w->reader, &ch, w->parent);
 }
 
 /* A cell read whose content is the parent's: nothing to record. */

@@ -17,6 +17,11 @@ struct agent_repo {
     uint32_t chunk_size;
 };
 
+struct pack_reader;
+/* Reads and checks the chunk a catalog row names into out[ch->plain_len]
+ * (the one conversion of a catalog row into a pack entry). */
+int agent_chunk_read(struct pack_reader *r, const struct catalog_chunk *ch, void *out);
+
 /* Seconds since the epoch, with fractions. */
 double agent_now(void);
 /* Throttles progress calls to a few per second (force: always call). */

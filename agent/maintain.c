@@ -94,15 +94,11 @@ static int scan_pack_once(struct verify *v, int64_t pack_id, const char *name)
 static int verify_chunk(void *opaque, const struct catalog_chunk *ch)
 {
     struct verify *v = opaque;
-    struct pack_entry e = { .codec = ch->codec, .stored_len = ch->stored_len,
-                            .plain_len = ch->plain_len, .crc = ch->crc, .offset = ch->offset };
-    memcpy(e.hash, ch->hash, PACK_HASH_LEN);
-
     if (scan_pack_once(v, ch->pack_id, ch->pack) < 0)
         return -1;
     v->res->chunks++;
     v->res->bytes += ch->plain_len;
-    if (pack_reader_get(v->reader, ch->pack, &e, v->buf) < 0) {
+    if (agent_chunk_read(v->reader, ch, v->buf) < 0) {
         char msg[1024], list[512] = "";
         struct idset pts = { 0 };
         size_t used = 0;
@@ -410,16 +406,13 @@ struct rewrite {
 static int rewrite_chunk(void *opaque, const struct catalog_chunk *ch)
 {
     struct rewrite *rw = opaque;
-    struct pack_entry e = { .codec = ch->codec, .stored_len = ch->stored_len,
-                            .plain_len = ch->plain_len, .crc = ch->crc, .offset = ch->offset };
     const void *sbytes;
     size_t stored;
     uint8_t codec;
 
-    memcpy(e.hash, ch->hash, PACK_HASH_LEN);
     /* Decoding checks the chunk; a damaged one stops the rewrite, keeping
      * the old pack for verify to report. */
-    if (pack_reader_get(rw->reader, ch->pack, &e, rw->plain) < 0)
+    if (agent_chunk_read(rw->reader, ch, rw->plain) < 0)
         return -1;
     if (chunk_compress(rw->cctx, AGENT_DEFAULT_COMPRESS_LEVEL, rw->plain, ch->plain_len, rw->stored,
                        rw->storedcap, &sbytes, &stored, &codec) < 0)

@@ -36,8 +36,9 @@ int pack_writer_add(struct pack_writer *w, struct pack_entry *e, const void *sto
 uint64_t pack_writer_size(const struct pack_writer *w);
 size_t pack_writer_count(const struct pack_writer *w);
 const struct pack_entry *pack_writer_entries(const struct pack_writer *w);
-/* Writes the index trailer and commits the pack to the store.  name receives the pack's name relative to packs/ (e.g.
- * "ab/ab12...ef.pack"), size its length.  The writer stays valid for
+/* Writes the index trailer and commits the pack to the store.  name
+ * receives the pack's name relative to packs/ (e.g. "ab/ab12...ef.pack"),
+ * size its length.  The writer stays valid for
  * pack_writer_entries until pack_writer_free. */
 int pack_writer_finish(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t *size);
 /* pack_writer_finish in two steps: seal writes the trailer and leaves the
@@ -48,11 +49,11 @@ int pack_writer_finish(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t
  * it. */
 int pack_writer_seal(struct pack_writer *w, char name[PACK_NAME_MAX], uint64_t *size);
 int pack_writer_wait(struct pack_writer *w);
-/* Frees; removes the temporary file when not finished.  Accepts NULL. */
+/* Frees; removes what an unfinished pack wrote.  Accepts NULL. */
 void pack_writer_free(struct pack_writer *w);
 
 /* ---- Reading ------------------------------------------------------------ */
-/* Reads chunks from packs, keeping a small cache of open files. */
+/* Reads chunks from packs, keeping a small cache of open packs. */
 struct pack_reader;
 struct pack_reader *pack_reader_open(struct store *st);
 void pack_reader_close(struct pack_reader *r);

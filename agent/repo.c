@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "agent/internal.h"
+#include "agent/pack.h"
 #include "common/error.h"
 #include "store/store.h"
 
@@ -223,4 +224,13 @@ int agent_repo_run_lock(struct agent_repo *r)
     }
     free(path);
     return fd;
+}
+
+int agent_chunk_read(struct pack_reader *r, const struct catalog_chunk *ch, void *out)
+{
+    struct pack_entry e = { .codec = ch->codec, .stored_len = ch->stored_len,
+                            .plain_len = ch->plain_len, .crc = ch->crc, .offset = ch->offset };
+
+    memcpy(e.hash, ch->hash, PACK_HASH_LEN);
+    return pack_reader_get(r, ch->pack, &e, out);
 }

@@ -156,10 +156,6 @@ static void *rworker_main(void *opaque)
             item_free(rs, it);
             continue;
         }
-        struct pack_entry e = { .codec = it->ch.codec, .stored_len = it->ch.stored_len,
-                                .plain_len = it->ch.plain_len, .crc = it->ch.crc,
-                                .offset = it->ch.offset };
-        memcpy(e.hash, it->ch.hash, PACK_HASH_LEN);
         uint64_t len = cell_bytes(rs, it->cell);
         if (it->ch.plain_len != len) {
             rfail(rs, EIO, "cell %llu: chunk %lld holds %u bytes where the cell has %llu",
@@ -168,7 +164,7 @@ static void *rworker_main(void *opaque)
             item_free(rs, it);
             continue;
         }
-        if (pack_reader_get(w->reader, it->ch.pack, &e, it->buf) < 0) {
+        if (agent_chunk_read(w->reader, &it->ch, it->buf) < 0) {
             rfail(rs, error_errno(), "%s", error_msg());
             item_free(rs, it);
             continue;

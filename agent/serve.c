@@ -220,10 +220,7 @@ static int load_chunk(struct served *sp, int64_t id, uint32_t len, uint8_t *out,
                   ch.plain_len, len);
         return -1;
     }
-    struct pack_entry e = { .codec = ch.codec, .stored_len = ch.stored_len,
-                            .plain_len = ch.plain_len, .crc = ch.crc, .offset = ch.offset };
-    memcpy(e.hash, ch.hash, PACK_HASH_LEN);
-    if (pack_reader_get(sp->reader, ch.pack, &e, out) < 0)
+    if (agent_chunk_read(sp->reader, &ch, out) < 0)
         return -1;
     if (keep)
         cache_put(&sp->sc->cache, id, out, len);
