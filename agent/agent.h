@@ -182,6 +182,9 @@ struct agent_serve_opts {
 /* Serves every restore point as a read-only NBD export "<disk>@<point>",
  * and "<disk>" as its newest point, until SIGTERM or SIGINT. */
 int agent_serve(struct agent_repo *r, const struct agent_serve_opts *o);
+/* Makes the running agent_serve return (after its connections end);
+ * async-signal-safe, for the caller's SIGTERM/SIGINT handler. */
+void agent_serve_stop(void);
 
 /* ---- verify ---------------------------------------------------------------- */
 

@@ -41,8 +41,6 @@
 #define ROW_FLUSH 8192
 #define PACK_MAX_ENTRIES 65536
 #define PENDING_SLOTS (2 * PACK_MAX_ENTRIES)
-/* Worker threads: one per CPU available, up to MAX_WORKERS. */
-#define MAX_WORKERS 16
 
 /* ---- Extent lists of one window ------------------------------------------- */
 
@@ -1132,8 +1130,8 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
                  struct agent_backup_result *res)
 {
     struct backup *b = calloc(1, sizeof *b);
-    struct worker workers[MAX_WORKERS];
-    unsigned nwant = cpus_available() < MAX_WORKERS ? cpus_available() : MAX_WORKERS;
+    struct worker workers[CPUS_MAX_WORKERS];
+    unsigned nwant = cpus_workers();
     unsigned nworkers = 0;
     char lockname[300], broken[512] = "";
     bool locked = false;

@@ -30,8 +30,6 @@
 
 #define NBUFS 32
 #define DIO_ALIGN 4096
-/* Worker threads: one per CPU available, up to MAX_WORKERS. */
-#define MAX_WORKERS 16
 #define RESTORE_GC_WAIT_S 3600
 #define WRITEBACK_EVERY (64u * 1024 * 1024)
 
@@ -486,8 +484,8 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
                   struct agent_restore_result *res)
 {
     struct restore rs = { .repo = r, .o = o, .chunk = r->chunk_size, .fd = -1, .efd = -1 };
-    struct rworker workers[MAX_WORKERS];
-    unsigned nwant = cpus_available() < MAX_WORKERS ? cpus_available() : MAX_WORKERS;
+    struct rworker workers[CPUS_MAX_WORKERS];
+    unsigned nwant = cpus_workers();
     struct catalog_point pt;
     struct catalog_map *map = NULL;
     char *tmp = NULL;

@@ -469,12 +469,16 @@ static int serve_list(void *opaque, int (*fn)(void *, const char *, const char *
 
 /* ---- The server ------------------------------------------------------------------ */
 
-static struct nbd_server *running;
+static struct nbd_server *volatile running;
+static volatile sig_atomic_t stop_requested;
 
-static void on_signal(int sig)
+void agent_serve_stop(void)
 {
-    if (running)
-        nbd_server_stop(running);
+    struct nbd_server *s = running;
+
+    stop_requested = 1;
+    if (s)
+        nbd_server_stop(s);
 }
 
 int agent_serve(struct agent_repo *r, const struct agent_serve_opts *o)
@@ -513,10 +517,8 @@ int agent_serve(struct agent_repo *r, const struct agent_serve_opts *o)
     if (!sc.srv)
         goto out;
     running = sc.srv;
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    if (stop_requested)            /* a signal came before the server stood */
+        nbd_server_stop(sc.srv);
     if (o->ready)
         o->ready(o->opaque);
     ret = nbd_server_run(sc.srv);

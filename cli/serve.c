@@ -1,4 +1,5 @@
 /* serve.c: `nbdvault serve`. */
+#include <signal.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,12 @@ static void serve_ready(void *opaque)
 {
     const char *where = opaque;
     fprintf(stderr, "nbdvault serve: listening on %s\n", where);
+}
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    agent_serve_stop();
 }
 
 int cli_serve(int argc, char **argv)
@@ -95,6 +102,11 @@ int cli_serve(int argc, char **argv)
     struct agent_repo *r = cli_open_repo("serve", repo, config, &code);
     if (!r)
         return code;
+    /* SIGTERM and SIGINT end the server cleanly (its connections first). */
+    struct sigaction sa = { .sa_handler = on_stop_signal };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     o.ready = serve_ready;
     o.opaque = (void *)(o.socket_path ? o.socket_path : o.listen);
     int ret = CLI_EXIT_OK;

@@ -20,3 +20,9 @@ unsigned cpus_available(void)
     }
     return 1;
 }
+
+unsigned cpus_workers(void)
+{
+    unsigned n = cpus_available();
+    return n < CPUS_MAX_WORKERS ? n : CPUS_MAX_WORKERS;
+}

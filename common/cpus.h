@@ -6,4 +6,9 @@
  * least 1; NBDVAULT_THREADS=N overrides it (tests, benchmarks). */
 unsigned cpus_available(void);
 
+/* Worker threads of a parallel stage: one per CPU available, at most
+ * CPUS_MAX_WORKERS (the size of the callers' arrays). */
+#define CPUS_MAX_WORKERS 16
+unsigned cpus_workers(void);
+
 #endif
