@@ -620,10 +620,6 @@ int pack_reader_get(struct pack_reader *r, const char *pack_name, const struct p
 
 /* ---- Scanning, removing and listing ------------------------------------ */
 
-struct obj_src {
-    struct store_obj *o;
-};
-
 static ssize_t obj_read(void *opaque, void *buf, size_t len, uint64_t off)
 {
     return store_obj_read(opaque, buf, len, off);

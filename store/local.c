@@ -38,7 +38,7 @@ struct local_put {
     struct store_put base;
     char path[PATH_MAX];           /* DIR/KEY */
     char tmp[PATH_MAX];            /* DIR/STEM.tmp */
-    char top_dir[PATH_MAX];        /* the highest folder this put created, or "" */
+    bool new_top;                  /* this put created a folder right under DIR */
     int fd;                        /* -1 once closed */
     bool direct;
     bool committed;
@@ -110,20 +110,21 @@ static int fsync_parents(const char *dir, const char *path, bool with_root)
     return 0;
 }
 
-/* Creates the folders of path below dir; top receives the highest one
- * created ("" when all existed). */
-static int make_parents(const char *dir, const char *path, char *top, size_t cap)
+/* Creates the folders of path below dir; *new_top tells whether the one
+ * right under dir is new (then dir itself needs a sync). */
+static int make_parents(const char *dir, const char *path, bool *new_top)
 {
     char p[PATH_MAX];
     size_t root = strlen(dir);
+    bool first = true;
 
-    top[0] = 0;
+    *new_top = false;
     snprintf(p, sizeof p, "%s", path);
-    for (char *s = p + root + 1; (s = strchr(s, '/')); s++) {
+    for (char *s = p + root + 1; (s = strchr(s, '/')); s++, first = false) {
         *s = 0;
         if (mkdir(p, 0700) == 0) {
-            if (!top[0])
-                snprintf(top, cap, "%s", p);
+            if (first)
+                *new_top = true;
         } else if (errno != EEXIST) {
             error_set(errno, "create %s: %s", p, strerror(errno));
             return -1;
@@ -159,7 +160,7 @@ static struct store_put *local_put_begin(struct store *s, const char *key)
         goto fail;
     }
     strcat(p->tmp, ".tmp");
-    if (make_parents(l->dir, p->path, p->top_dir, sizeof p->top_dir) < 0)
+    if (make_parents(l->dir, p->path, &p->new_top) < 0)
         goto fail;
     p->fd = open(p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (p->fd < 0) {
@@ -270,7 +271,7 @@ static int local_put_commit(struct store_put *sp)
     }
     /* From here the final name exists: on failure take it back, so that
      * nothing not known to be durable stands under its key. */
-    if (fsync_parents(l->dir, p->path, p->top_dir[0] && !strchr(p->top_dir + strlen(l->dir) + 1, '/')) < 0) {
+    if (fsync_parents(l->dir, p->path, p->new_top) < 0) {
         int err = error_errno();
         unlink(p->path);
         errno = err;
