@@ -1,7 +1,7 @@
 /* agent/grid.h (agent internal): the chunk grid, and the plan of one cell.
  *
  * A disk of size S is the grid of ceil(S / chunk) cells; the last cell may
- * be short (DESIGN.md §3).  Planning a backup decides, cell by cell and
+ * be short (docs/FORMAT.md).  Planning a backup decides, cell by cell and
  * from block status alone, what to read from the server and what to take
  * from the parent point's chunk:
  *
@@ -15,7 +15,7 @@
  * ranges is "fragmented": it is planned as wholly dirty, and if its data is
  * still too scattered, read whole.
  *
- * Pure arithmetic: no I/O, no threads, no catalog.  backup.c walks block
+ * Pure arithmetic: no I/O, no threads, no catalog.  plan.c walks block
  * status one window at a time and hands the extents here.
  */
 #ifndef AGENT_GRID_H

@@ -3,7 +3,7 @@
  * nbdcore is a protocol library that knows nothing about backups: an NBD
  * client (URIs, fixed-newstyle handshake, STARTTLS, structured replies,
  * extended headers, metadata contexts, pipelined requests matched by cookie,
- * a multi-conn pool) and, later, a server engine.
+ * a multi-conn pool) and a server engine.
  *
  * Conventions: functions return 0 / a pointer on success and -1 / NULL on
  * failure, with a message and an errno kept per thread (nbd_get_error,
@@ -207,6 +207,11 @@ struct nbd_pool;
 struct nbd_pool *nbd_pool_open(const char *uri, const struct nbd_conn_opts *opts, unsigned n);
 unsigned nbd_pool_size(const struct nbd_pool *p);
 struct nbd_conn *nbd_pool_conn(struct nbd_pool *p, unsigned i);
+/* For callers' own aio requests: the live connection with the fewest
+ * requests in flight (NULL when every one is dead), and the requests in
+ * flight over all of them. */
+struct nbd_conn *nbd_pool_pick(struct nbd_pool *p);
+unsigned nbd_pool_in_flight(struct nbd_pool *p);
 /* Split over every connection, many requests in flight, driven from the
  * calling thread. */
 int nbd_pool_pread(struct nbd_pool *p, void *buf, uint64_t count, uint64_t offset);

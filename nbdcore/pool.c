@@ -113,6 +113,25 @@ struct nbd_conn *nbd_pool_conn(struct nbd_pool *p, unsigned i)
     return i < p->n ? p->c[i] : NULL;
 }
 
+struct nbd_conn *nbd_pool_pick(struct nbd_pool *p)
+{
+    struct nbd_conn *best = NULL;
+    for (unsigned i = 0; i < p->n; i++) {
+        struct nbd_conn *c = p->c[i];
+        if (!nbd_is_dead(c) && (!best || nbd_in_flight(c) < nbd_in_flight(best)))
+            best = c;
+    }
+    return best;
+}
+
+unsigned nbd_pool_in_flight(struct nbd_pool *p)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < p->n; i++)
+        n += nbd_in_flight(p->c[i]);
+    return n;
+}
+
 void nbd_pool_close(struct nbd_pool *p)
 {
     if (!p)
