@@ -26,6 +26,7 @@
 #include "agent/internal.h"
 #include "agent/plan.h"
 #include "agent/session.h"
+#include "common/clock.h"
 #include "common/cpus.h"
 #include "common/error.h"
 #include "common/latch.h"
@@ -195,7 +196,7 @@ static void throttle(struct backup *b, uint64_t len)
 
     if (!rate)
         return;
-    double now = agent_now();
+    double now = clock_mono_s();
     if (b->rate_start == 0)
         b->rate_start = now;
     for (;;) {
@@ -205,7 +206,7 @@ static void throttle(struct backup *b, uint64_t len)
             return;
         if (drive_for(b, wait > 0.25 ? 250 : (int)(wait * 1000) + 1) < 0)
             return;
-        now = agent_now();
+        now = clock_mono_s();
     }
 }
 
@@ -459,7 +460,7 @@ static int commit_point(struct backup *b, struct agent_backup_result *res, doubl
     if (latch_raise(b->latch) < 0)
         return -1;
     session_stats(b->session, &st);
-    b->np.finished = agent_now();
+    b->np.finished = clock_wall_s();
     b->np.bytes_planned = b->planned;
     b->np.bytes_read = b->read_bytes;
     b->np.bytes_stored = st.bytes_stored;
@@ -478,7 +479,7 @@ static int commit_point(struct backup *b, struct agent_backup_result *res, doubl
     res->chunks_new = st.chunks_new;
     res->chunks_reused = st.chunks_reused;
     res->cells_unchanged = st.cells_unchanged;
-    res->seconds = agent_now() - t0;
+    res->seconds = clock_wall_s() - t0;
     return 0;
 }
 
@@ -510,7 +511,7 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
 {
     struct backup *b = calloc(1, sizeof *b);
     char lockname[300], broken[512] = "";
-    double t0 = agent_now();
+    double t0 = clock_wall_s();
     int ret = -1;
 
     memset(res, 0, sizeof *res);

@@ -22,8 +22,6 @@ struct pack_reader;
  * (the one conversion of a catalog row into a pack entry). */
 int agent_chunk_read(struct pack_reader *r, const struct catalog_chunk *ch, void *out);
 
-/* Seconds since the epoch, with fractions. */
-double agent_now(void);
 /* Throttles progress calls to a few per second (force: always call). */
 struct agent_progress {
     agent_progress_fn fn;

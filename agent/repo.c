@@ -11,7 +11,9 @@
 
 #include "agent/internal.h"
 #include "agent/pack.h"
+#include "common/clock.h"
 #include "common/error.h"
+#include "common/fsync.h"
 #include "store/store.h"
 
 static char *join(const char *dir, const char *name)
@@ -22,16 +24,6 @@ static char *join(const char *dir, const char *name)
         return NULL;
     }
     return s;
-}
-
-static int fsync_dir(const char *dir)
-{
-    FILE *f = fopen(dir, "r");
-    if (!f)
-        return -1;
-    int r = fsync(fileno(f));
-    fclose(f);
-    return r;
 }
 
 int agent_repo_init(const char *dir, uint32_t chunk_size)
@@ -129,18 +121,11 @@ uint32_t agent_repo_chunk_size(const struct agent_repo *r)
     return r->chunk_size;
 }
 
-double agent_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 void agent_progress_report(struct agent_progress *p, uint64_t done, uint64_t total, int force)
 {
     if (!p->fn)
         return;
-    double now = agent_now();
+    double now = clock_mono_s();
     if (!force && now - p->last < 0.25)
         return;
     p->last = now;

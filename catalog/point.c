@@ -12,9 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 #include "catalog/internal.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/vec.h"
 
@@ -282,13 +282,8 @@ static void not_running(struct catalog *c, int64_t id, const char *what)
 int catalog_point_commit(struct catalog *c, const struct catalog_point *p)
 {
     sqlite3_stmt *st;
-    struct timeval now;
-    double finished = p->finished;
+    double finished = p->finished ? p->finished : clock_wall_s();
 
-    if (finished == 0) {
-        gettimeofday(&now, NULL);
-        finished = (double)now.tv_sec + now.tv_usec / 1e6;
-    }
     if (cat_begin(c) == -1)
         return -1;
     st = cat_stmt(c, "UPDATE points SET status = 'complete', finished = ?2, bytes_planned = ?3, "

@@ -4,13 +4,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#include "common/clock.h"
 
 bool cli_progress_wanted(bool json)
 {
@@ -24,8 +18,8 @@ void cli_progress(void *opaque, uint64_t done, uint64_t total)
     double el;
 
     if (!p->start)
-        p->start = now();
-    el = now() - p->start;
+        p->start = clock_mono_s();
+    el = clock_mono_s() - p->start;
     cli_human_size(d, sizeof d, done);
     cli_human_size(t, sizeof t, total);
     cli_human_size(r, sizeof r, el > 0 ? (uint64_t)((double)done / el) : 0);

@@ -16,6 +16,7 @@
 
 #include "agent/agent.h"
 #include "cli/cli.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/vec.h"
@@ -373,9 +374,8 @@ static void run_job(struct run *R, struct job *j)
 {
     struct repo_slot *rs = repo_of(R, j);
     double t0 = (double)time(NULL);
-    struct timespec ts0, ts1;
+    double m0 = clock_mono_s();
 
-    clock_gettime(CLOCK_MONOTONIC, &ts0);
     j->disks = json_object_new_array();
     if (rs->lock_fd < 0) {
         snprintf(j->error, sizeof j->error, "%s", rs->error);
@@ -404,8 +404,7 @@ static void run_job(struct run *R, struct job *j)
     if (j->has_keep && prune_disks(r, j) < 0)
         j->ok = false;
     agent_repo_close(r);
-    clock_gettime(CLOCK_MONOTONIC, &ts1);
-    j->seconds = (double)(ts1.tv_sec - ts0.tv_sec) + (ts1.tv_nsec - ts0.tv_nsec) / 1e9;
+    j->seconds = clock_mono_s() - m0;
     (void)t0;
 }
 
@@ -623,8 +622,7 @@ static int load(const char *file, struct runfile *f, const char *const *only, si
 
 static int execute(struct run *R, unsigned jobs, bool json, int wday)
 {
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = clock_mono_s();
     pthread_mutex_init(&R->lock, NULL);
     if (open_repos(R, wday) < 0)
         return cli_error("run", "out of memory");
@@ -643,8 +641,7 @@ static int execute(struct run *R, unsigned jobs, bool json, int wday)
         if (rs->lock_fd >= 0 && rs->gc_due && run_gc(rs) < 0)
             gc_failed = true;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    print_summary(R, json, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+    print_summary(R, json, clock_mono_s() - t0);
     bool all_ok = !gc_failed;
     for (size_t i = 0; i < R->f->n; i++)
         if (R->f->jobs[i].selected && !R->f->jobs[i].ok)

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "common/clock.h"
 #include "internal.h"
 
 #define OBUF_SIZE (64 * 1024)
@@ -179,15 +180,6 @@ struct nbd_conn *nbd_connect_uri(const char *uri, const struct nbd_conn_opts *op
     return c;
 }
 
-/* Milliseconds of a monotonic clock. */
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Waits for the requests in flight to be answered, for as long as the
  * server makes progress (an answer, or bytes of one): a server that stays
  * silent for CLOSE_WAIT_MS is given up on, and its requests fail. */
@@ -195,13 +187,13 @@ static int64_t mono_ms(void)
 
 static void close_drain(struct nbd_conn *c)
 {
-    int64_t deadline = mono_ms() + CLOSE_WAIT_MS;
+    int64_t deadline = clock_mono_ms() + CLOSE_WAIT_MS;
     unsigned ops = c->ops_in_flight;
     uint64_t rx_left = c->rx_left;
     size_t ipos = c->ipos, ilen = c->ilen;
 
     while (!c->dead && c->ops_in_flight) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - clock_mono_ms();
 
         if (left <= 0) {
             nbd_conn_kill(c, ETIMEDOUT, "close: %u request%s unanswered, the server silent "
@@ -212,7 +204,7 @@ static void close_drain(struct nbd_conn *c)
         if (nbd_poll(c, (int)left) < 0)
             return;
         if (c->ops_in_flight != ops || c->rx_left != rx_left || c->ipos != ipos || c->ilen != ilen) {
-            deadline = mono_ms() + CLOSE_WAIT_MS;
+            deadline = clock_mono_ms() + CLOSE_WAIT_MS;
             ops = c->ops_in_flight;
             rx_left = c->rx_left;
             ipos = c->ipos;

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "common/clock.h"
 #include "internal.h"
 
 #define DEFAULT_MAX_CONNECTIONS 64
@@ -96,13 +97,6 @@ struct nbd_server {
     unsigned nconns;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- Replies during the handshake ---------------------------------------- */
 
 static int send_rep(struct sconn *c, uint32_t opt, uint32_t rep, const void *payload, uint32_t len)
@@ -124,7 +118,7 @@ static int send_err(struct sconn *c, uint32_t opt, uint32_t rep, const char *msg
 static int arm_deadline(struct sconn *c)
 {
     int limit = c->srv->o.handshake_timeout_ms;
-    int left = (int)(limit - (now_s() - c->started) * 1000);
+    int left = (int)(limit - (clock_mono_s() - c->started) * 1000);
     if (left <= 0) {
         nbd_set_error(ETIMEDOUT, "handshake took longer than %d ms", limit);
         return -1;
@@ -735,13 +729,6 @@ static int discard(struct sconn *c, uint64_t n)
     return 0;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int transmission(struct sconn *c)
 {
     uint8_t h[32];
@@ -752,7 +739,7 @@ static int transmission(struct sconn *c)
     int idle = c->srv->o.idle_timeout_ms;
     nbd_sock_set_timeout(c->sock, idle > 0 ? idle : 0);
     for (;;) {
-        c->idle_since_ms = mono_ms();
+        c->idle_since_ms = clock_mono_ms();
         if (nbd_sock_recv_all(c->sock, h, hl) < 0) {
             if (errno == ETIMEDOUT) {
                 nbd_debug("closing a connection idle for %d ms", idle);
@@ -900,7 +887,7 @@ static struct sconn *conn_new(struct nbd_server *s, int fd)
     c->srv = s;
     c->fd = fd;
     c->in_handshake = true;
-    c->started = now_s();
+    c->started = clock_mono_s();
     c->idle_since_ms = -1;
     if (!(c->sock = nbd_sock_new(fd))) {
         free(c);
@@ -1079,8 +1066,8 @@ static int listen_tcp(const char *spec)
 static bool evict_one(struct nbd_server *s)
 {
     struct sconn *old = NULL;
-    int64_t oldest = 0, now = mono_ms(), limit = now - (int64_t)(EVICT_AFTER_S * 1000);
-    double now_wall = now_s();
+    int64_t oldest = 0, now = clock_mono_ms(), limit = now - (int64_t)(EVICT_AFTER_S * 1000);
+    double now_wall = clock_mono_s();
     for (struct sconn *c = s->conns; c; c = c->next) {
         int64_t since;
         if (c->evicted)

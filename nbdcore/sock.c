@@ -46,6 +46,7 @@
 #include "nbdcore.h"
 #include "error.h"
 #include "sock.h"
+#include "common/clock.h"
 
 /* Key exchanges added for PSK (as libnbd and QEMU do); TLS < 1.2 off. */
 #define PRIO_PSK_APPEND "+ECDHE-PSK:+DHE-PSK:+PSK:-VERS-TLS1.0:-VERS-TLS1.1"
@@ -124,16 +125,9 @@ static void set_tls_error(struct nbd_sock *s, int r, const char *what)
 
 /* ---- Time and waiting ---------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t deadline_of(const struct nbd_sock *s)
 {
-    return s->timeout_ms > 0 ? now_ms() + s->timeout_ms : -1;
+    return s->timeout_ms > 0 ? clock_mono_ms() + s->timeout_ms : -1;
 }
 
 /* The events the last would-block operation waits for: for TLS, GnuTLS
@@ -156,7 +150,7 @@ static int wait_fd(const struct nbd_sock *s, short events, int64_t deadline)
         int r;
 
         if (deadline >= 0) {
-            int64_t left = deadline - now_ms();
+            int64_t left = deadline - clock_mono_ms();
             if (left <= 0) {
                 nbd_set_error(ETIMEDOUT, "timed out after %d ms", s->timeout_ms);
                 return -1;

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/fsync.h"
 #include "store/internal.h"
 
 #define WRITEBACK_EVERY (4u * 1024 * 1024)
@@ -69,24 +70,6 @@ static int path_of(const struct local *l, const char *key, char *out, size_t cap
     return 0;
 }
 
-static int fsync_path(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int r;
-
-    if (fd < 0)
-        return -1;
-    r = fsync(fd);
-    if (r < 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    close(fd);
-    return 0;
-}
-
 /* The directories from path's parent up to (not including) dir, then dir
  * itself when with_root: fsynced. */
 static int fsync_parents(const char *dir, const char *path, bool with_root)
@@ -98,12 +81,12 @@ static int fsync_parents(const char *dir, const char *path, bool with_root)
     snprintf(p, sizeof p, "%s", path);
     while ((slash = strrchr(p, '/')) && (size_t)(slash - p) > root) {
         *slash = 0;
-        if (fsync_path(p) < 0) {
+        if (fsync_dir(p) < 0) {
             error_set(errno, "fsync %s: %s", p, strerror(errno));
             return -1;
         }
     }
-    if (with_root && fsync_path(dir) < 0) {
+    if (with_root && fsync_dir(dir) < 0) {
         error_set(errno, "fsync %s: %s", dir, strerror(errno));
         return -1;
     }
@@ -472,7 +455,7 @@ static int local_remove(struct store *s, const char *key)
     }
     strcpy(dir, path);
     *strrchr(dir, '/') = 0;
-    if (fsync_path(dir) < 0) {
+    if (fsync_dir(dir) < 0) {
         error_set(errno, "fsync %s: %s", dir, strerror(errno));
         return -1;
     }

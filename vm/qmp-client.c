@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/clock.h"
 #include "vm/qmp-client.h"
 
 #define QMP_MAX_LINE (4u << 20)   /* a query of many nodes is long, not this long */
@@ -31,13 +32,6 @@ struct qmp {
     size_t len, cap;
     struct json_object *events;   /* array of queued events */
 };
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* The next JSON object from the monitor, or NULL (error set). */
 static struct json_object *read_msg(struct qmp *q, long long deadline)
@@ -71,7 +65,7 @@ static struct json_object *read_msg(struct qmp *q, long long deadline)
             q->buf = n;
             q->cap = ncap;
         }
-        long long left = deadline - now_ms();
+        long long left = deadline - clock_mono_ms();
         if (left <= 0) {
             error_set(ETIMEDOUT, "QMP: no answer from QEMU within %d ms", q->timeout_ms);
             return NULL;
@@ -152,7 +146,7 @@ struct qmp *qmp_connect(const char *path, int timeout_ms)
         error_set(errno, "QMP socket %s: %s", path, strerror(errno));
         goto fail;
     }
-    struct json_object *greeting = read_msg(q, now_ms() + q->timeout_ms), *v;
+    struct json_object *greeting = read_msg(q, clock_mono_ms() + q->timeout_ms), *v;
     if (!greeting) {
         error_prefix("QMP socket %s: ", path);
         goto fail;
@@ -200,7 +194,7 @@ struct json_object *qmp_exec(struct qmp *q, const char *cmd, struct json_object 
         error_prefix("QMP %s: ", cmd);
         return NULL;
     }
-    long long deadline = now_ms() + q->timeout_ms;
+    long long deadline = clock_mono_ms() + q->timeout_ms;
     for (;;) {
         struct json_object *m = read_msg(q, deadline);
         if (!m) {
@@ -263,7 +257,7 @@ static struct json_object *take_queued(struct qmp *q, const char *name, const ch
 struct json_object *qmp_wait_event(struct qmp *q, const char *name, const char *key,
                                    const char *value, int timeout_ms)
 {
-    long long deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : q->timeout_ms);
+    long long deadline = clock_mono_ms() + (timeout_ms > 0 ? timeout_ms : q->timeout_ms);
     for (;;) {
         struct json_object *d = take_queued(q, name, key, value), *v;
         if (d)
