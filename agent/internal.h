@@ -17,6 +17,12 @@ struct agent_repo {
     uint32_t chunk_size;
 };
 
+/* A formatted message to a caller's callback (fn NULL: dropped). */
+void agent_notify(agent_warn_fn fn, void *opaque, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The id of the disk named name: 0, or -1 with the error set (ENOENT: "the
+ * repository has no disk named ..."). */
+int agent_disk_id(struct agent_repo *r, const char *name, int64_t *id);
+
 struct pack_reader;
 /* Reads and checks the chunk a catalog row names into out[ch->plain_len]
  * (the one conversion of a catalog row into a pack entry). */

@@ -57,17 +57,7 @@ struct verify {
     struct agent_progress progress;
 };
 
-static void damage(struct verify *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void damage(struct verify *v, const char *fmt, ...)
-{
-    char msg[1600];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (v->o->damage)
-        v->o->damage(v->o->opaque, msg);
-}
+#define damage(v, ...) agent_notify((v)->o->damage, (v)->o->opaque, __VA_ARGS__)
 
 static int select_point(void *opaque, const struct agent_point *p)
 {
@@ -246,12 +236,8 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
         return -1;
     }
     int64_t disk_id;
-    int f = catalog_disk_find(r->cat, o->disk, &disk_id);
-    if (f <= 0) {
-        if (f == 0)
-            error_set(ENOENT, "the repository has no disk named \"%s\"", o->disk);
+    if (agent_disk_id(r, o->disk, &disk_id) < 0)
         return -1;
-    }
     if (!o->dry_run) {
         snprintf(lockname, sizeof lockname, "disk:%s", o->disk);
         if (catalog_lock(r->cat, lockname, broken, sizeof broken) < 0)
@@ -358,17 +344,7 @@ struct gc {
     size_t nknown, capknown;
 };
 
-static void gc_note(struct gc *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void gc_note(struct gc *g, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (g->o->note)
-        g->o->note(g->o->opaque, msg);
-}
+#define gc_note(g, ...) agent_notify((g)->o->note, (g)->o->opaque, __VA_ARGS__)
 
 static int count_chunk(void *opaque, const struct catalog_chunk *ch)
 {

@@ -131,6 +131,15 @@ struct scan {
     size_t cap;
     uint64_t win_off;
     size_t win_len;
+    /* What the walk found so far. */
+    bool check_ids;
+    bool have_footer;              /* index_off is the footer's word */
+    uint64_t index_off;
+    struct pack_entry *entries;
+    size_t count, ecap;
+    ZSTD_DCtx *dctx;               /* check_ids: decoding */
+    uint8_t *plain;
+    size_t plain_cap;
 };
 
 /* Returns len bytes at off, or NULL: truncated (off + len beyond the end of
@@ -181,18 +190,14 @@ static const uint8_t *scan_need(struct scan *s, uint64_t off, size_t len, const 
     return p;
 }
 
-static int scan_body(struct scan *s, bool check_ids,
-                     int (*fn)(void *opaque, const struct pack_entry *e), void *opaque,
-                     struct pack_entry **entries, ZSTD_DCtx **dctx, uint8_t **plain)
+/* The file header, and the footer's word on where the index starts: that
+ * tells a damaged index header from a damaged entry.  The walk still stops
+ * at an "NBDI" where an entry should start, and the footer is checked in
+ * full after it. */
+static int scan_header(struct scan *s)
 {
-    const uint8_t *p;
-    uint64_t off, index_off = 0, end;
-    bool have_footer = false, short_read;
-    size_t count = 0, cap = 0, plain_cap = 0;
-    uint32_t n_index;
-    uint32_t crc;
-
-    p = scan_need(s, 0, PACK_FILE_HDR_LEN, "file header");
+    bool short_read;
+    const uint8_t *p = scan_need(s, 0, PACK_FILE_HDR_LEN, "file header");
     if (!p)
         return -1;
     if (memcmp(p, pack_magic, 8) != 0) {
@@ -207,124 +212,132 @@ static int scan_body(struct scan *s, bool check_ids,
         error_set(EIO, "pack %s: reserved header field is not zero", s->path);
         return -1;
     }
-
-    /* The footer, when it looks whole, says where the index starts: that
-     * tells a damaged index header from a damaged entry.  The walk still
-     * stops at an "NBDI" where an entry should start, and the footer is
-     * checked in full after it. */
     if (s->size >= PACK_FILE_HDR_LEN + PACK_INDEX_HDR_LEN + PACK_FOOTER_LEN) {
         p = scan_at(s, s->size - PACK_FOOTER_LEN, PACK_FOOTER_LEN, &short_read);
         if (!p && !short_read)
             return -1;
         if (p && memcmp(p + 16, footer_magic, 8) == 0) {
-            index_off = be_get64(p);
-            have_footer = index_off >= PACK_FILE_HDR_LEN &&
-                          index_off <= s->size - PACK_FOOTER_LEN - PACK_INDEX_HDR_LEN;
+            s->index_off = be_get64(p);
+            s->have_footer = s->index_off >= PACK_FILE_HDR_LEN &&
+                             s->index_off <= s->size - PACK_FOOTER_LEN - PACK_INDEX_HDR_LEN;
         }
     }
+    return 0;
+}
 
-    /* Entries, from the front. */
-    off = PACK_FILE_HDR_LEN;
+/* Decodes an entry's data and checks it against its id. */
+static int scan_check_id(struct scan *s, const struct pack_entry *e, const uint8_t *data)
+{
+    if (!s->dctx && !(s->dctx = ZSTD_createDCtx())) {
+        error_set(ENOMEM, "pack %s: out of memory", s->path);
+        return -1;
+    }
+    if (e->plain_len > s->plain_cap || !s->plain) {
+        uint8_t *nb = realloc(s->plain, e->plain_len ? e->plain_len : 1);
+        if (!nb) {
+            error_set(ENOMEM, "pack %s: out of memory", s->path);
+            return -1;
+        }
+        s->plain = nb;
+        s->plain_cap = e->plain_len;
+    }
+    if (chunk_decode(s->dctx, e->codec, data, e->stored_len, e->crc, s->plain, e->plain_len, e->hash) < 0) {
+        error_prefix("pack %s: entry at offset %llu: ", s->path, (unsigned long long)e->offset);
+        return -1;
+    }
+    return 0;
+}
+
+/* The entry at off, checked and kept: 0, or -1. */
+static int scan_entry(struct scan *s, uint64_t off, struct pack_entry *e)
+{
+    const uint8_t *p = scan_need(s, off, PACK_ENTRY_HDR_LEN, "entry header");
+    if (!p)
+        return -1;
+    if (pack_decode_entry_hdr(p, off, e) < 0) {
+        error_prefix("pack %s: ", s->path);
+        return -1;
+    }
+    if (pack_check_entry(e, EIO) < 0) {
+        error_prefix("pack %s: entry at offset %llu: ", s->path, (unsigned long long)off);
+        return -1;
+    }
+    uint64_t end = off + PACK_ENTRY_HDR_LEN + e->stored_len;
+    if (s->have_footer && end > s->index_off) {
+        error_set(EIO, "pack %s: entry at offset %llu runs past offset %llu, where the "
+                  "footer says the index starts", s->path, (unsigned long long)off,
+                  (unsigned long long)s->index_off);
+        return -1;
+    }
+    p = scan_need(s, off + PACK_ENTRY_HDR_LEN, e->stored_len, "entry data");
+    if (!p)
+        return -1;
+    if (chunk_crc(p, e->stored_len) != e->crc) {
+        error_set(EIO, "pack %s: entry at offset %llu: CRC mismatch", s->path, (unsigned long long)off);
+        return -1;
+    }
+    if (s->check_ids && scan_check_id(s, e, p) < 0)
+        return -1;
+    if (s->count == s->ecap) {
+        size_t ncap = s->ecap ? 2 * s->ecap : 256;
+        struct pack_entry *nb = realloc(s->entries, ncap * sizeof *nb);
+        if (!nb) {
+            error_set(ENOMEM, "pack %s: out of memory", s->path);
+            return -1;
+        }
+        s->entries = nb;
+        s->ecap = ncap;
+    }
+    s->entries[s->count++] = *e;
+    return 0;
+}
+
+/* Entries from the front, up to the index: the index's offset, or -1
+ * (fn's non-zero value stops it too: *stop). */
+static int64_t scan_entries(struct scan *s, int (*fn)(void *opaque, const struct pack_entry *e),
+                            void *opaque, int *stop)
+{
+    uint64_t off = PACK_FILE_HDR_LEN;
     for (;;) {
         struct pack_entry e;
 
-        if (have_footer && off == index_off)
-            break;
+        if (s->have_footer && off == s->index_off)
+            return (int64_t)off;
         if (off == s->size) {
-            error_set(EIO, "pack %s: truncated at offset %llu (no index)", s->path,
-                      (unsigned long long)off);
+            error_set(EIO, "pack %s: truncated at offset %llu (no index)", s->path, (unsigned long long)off);
             return -1;
         }
-        p = scan_need(s, off, 4, "entry");
+        const uint8_t *p = scan_need(s, off, 4, "entry");
         if (!p)
             return -1;
         if (memcmp(p, index_magic, 4) == 0)
-            break;
-        p = scan_need(s, off, PACK_ENTRY_HDR_LEN, "entry header");
-        if (!p)
+            return (int64_t)off;
+        if (scan_entry(s, off, &e) < 0)
             return -1;
-        if (pack_decode_entry_hdr(p, off, &e) < 0) {
-            error_prefix("pack %s: ", s->path);
+        if (fn && (*stop = fn(opaque, &e)) != 0)
             return -1;
-        }
-        if (pack_check_entry(&e, EIO) < 0) {
-            error_prefix("pack %s: entry at offset %llu: ", s->path, (unsigned long long)off);
-            return -1;
-        }
-        end = off + PACK_ENTRY_HDR_LEN + e.stored_len;
-        if (have_footer && end > index_off) {
-            error_set(EIO, "pack %s: entry at offset %llu runs past offset %llu, where the "
-                      "footer says the index starts", s->path, (unsigned long long)off,
-                      (unsigned long long)index_off);
-            return -1;
-        }
-        p = scan_need(s, off + PACK_ENTRY_HDR_LEN, e.stored_len, "entry data");
-        if (!p)
-            return -1;
-        if (chunk_crc(p, e.stored_len) != e.crc) {
-            error_set(EIO, "pack %s: entry at offset %llu: CRC mismatch", s->path,
-                      (unsigned long long)off);
-            return -1;
-        }
-        if (check_ids) {
-            if (!*dctx && !(*dctx = ZSTD_createDCtx())) {
-                error_set(ENOMEM, "pack %s: out of memory", s->path);
-                return -1;
-            }
-            if (e.plain_len > plain_cap || !*plain) {
-                uint8_t *nb = realloc(*plain, e.plain_len ? e.plain_len : 1);
-                if (!nb) {
-                    error_set(ENOMEM, "pack %s: out of memory", s->path);
-                    return -1;
-                }
-                *plain = nb;
-                plain_cap = e.plain_len;
-            }
-            if (chunk_decode(*dctx, e.codec, p, e.stored_len, e.crc, *plain, e.plain_len,
-                             e.hash) < 0) {
-                error_prefix("pack %s: entry at offset %llu: ", s->path,
-                             (unsigned long long)off);
-                return -1;
-            }
-        }
-        if (count == cap) {
-            size_t ncap = cap ? 2 * cap : 256;
-            struct pack_entry *nb = realloc(*entries, ncap * sizeof *nb);
-            if (!nb) {
-                error_set(ENOMEM, "pack %s: out of memory", s->path);
-                return -1;
-            }
-            *entries = nb;
-            cap = ncap;
-        }
-        (*entries)[count++] = e;
-        if (fn) {
-            int r = fn(opaque, &e);
-            if (r != 0)
-                return r;
-        }
-        off = end;
+        off += PACK_ENTRY_HDR_LEN + e.stored_len;
     }
+}
 
-    /* The index: its header, then one record per entry, then the footer,
-     * which must end the file. */
-    index_off = off;
-    p = scan_need(s, index_off, PACK_INDEX_HDR_LEN, "index header");
+/* The index header at index_off and its size against the file's. */
+static int scan_index_hdr(struct scan *s, uint64_t index_off, uint32_t *crc)
+{
+    const uint8_t *p = scan_need(s, index_off, PACK_INDEX_HDR_LEN, "index header");
     if (!p)
         return -1;
     if (memcmp(p, index_magic, 4) != 0) {
-        error_set(EIO, "pack %s: index at offset %llu: bad magic", s->path,
-                  (unsigned long long)index_off);
+        error_set(EIO, "pack %s: index at offset %llu: bad magic", s->path, (unsigned long long)index_off);
         return -1;
     }
-    n_index = be_get32(p + 4);
-    crc = chunk_crc_update(0, p, PACK_INDEX_HDR_LEN);
-    if (n_index != count) {
-        error_set(EIO, "pack %s: index at offset %llu lists %u entries, the pack holds %zu",
-                  s->path, (unsigned long long)index_off, n_index, count);
+    uint32_t n_index = be_get32(p + 4);
+    *crc = chunk_crc_update(0, p, PACK_INDEX_HDR_LEN);
+    if (n_index != s->count) {
+        error_set(EIO, "pack %s: index at offset %llu lists %u entries, the pack holds %zu", s->path,
+                  (unsigned long long)index_off, n_index, s->count);
         return -1;
     }
-    end = index_off + PACK_INDEX_HDR_LEN + (uint64_t)count * PACK_INDEX_REC_LEN + PACK_FOOTER_LEN;
+    uint64_t end = index_off + PACK_INDEX_HDR_LEN + (uint64_t)s->count * PACK_INDEX_REC_LEN + PACK_FOOTER_LEN;
     if (end > s->size) {
         error_set(EIO, "pack %s: truncated at offset %llu (the index at offset %llu and "
                   "footer need %llu bytes)", s->path, (unsigned long long)s->size,
@@ -332,43 +345,50 @@ static int scan_body(struct scan *s, bool check_ids,
         return -1;
     }
     if (end < s->size) {
-        error_set(EIO, "pack %s: %llu unexpected bytes after the footer at offset %llu",
-                  s->path, (unsigned long long)(s->size - end),
-                  (unsigned long long)(end - PACK_FOOTER_LEN));
+        error_set(EIO, "pack %s: %llu unexpected bytes after the footer at offset %llu", s->path,
+                  (unsigned long long)(s->size - end), (unsigned long long)(end - PACK_FOOTER_LEN));
         return -1;
     }
-    off = index_off + PACK_INDEX_HDR_LEN;
-    for (size_t i = 0; i < count; i++, off += PACK_INDEX_REC_LEN) {
-        struct pack_entry rec;
+    return 0;
+}
 
-        p = scan_need(s, off, PACK_INDEX_REC_LEN, "index record");
+/* The index: its header, then one record per entry, then the footer,
+ * which must end the file. */
+static int scan_index(struct scan *s, uint64_t index_off)
+{
+    uint32_t crc;
+    if (scan_index_hdr(s, index_off, &crc) < 0)
+        return -1;
+    uint64_t off = index_off + PACK_INDEX_HDR_LEN;
+    for (size_t i = 0; i < s->count; i++, off += PACK_INDEX_REC_LEN) {
+        struct pack_entry rec;
+        const uint8_t *p = scan_need(s, off, PACK_INDEX_REC_LEN, "index record");
         if (!p)
             return -1;
         crc = chunk_crc_update(crc, p, PACK_INDEX_REC_LEN);
         pack_decode_index_rec(p, &rec);
-        if (p[33] != 0 || p[34] != 0 || p[35] != 0 || !pack_entry_equal(&rec, &(*entries)[i])) {
+        if (p[33] != 0 || p[34] != 0 || p[35] != 0 || !pack_entry_equal(&rec, &s->entries[i])) {
             error_set(EIO, "pack %s: index record %zu at offset %llu does not match the "
                       "entry at offset %llu", s->path, i, (unsigned long long)off,
-                      (unsigned long long)(*entries)[i].offset);
+                      (unsigned long long)s->entries[i].offset);
             return -1;
         }
     }
-    p = scan_need(s, off, PACK_FOOTER_LEN, "footer");
+    const uint8_t *p = scan_need(s, off, PACK_FOOTER_LEN, "footer");
     if (!p)
         return -1;
     if (memcmp(p + 16, footer_magic, 8) != 0) {
-        error_set(EIO, "pack %s: footer at offset %llu: bad magic", s->path,
-                  (unsigned long long)off);
+        error_set(EIO, "pack %s: footer at offset %llu: bad magic", s->path, (unsigned long long)off);
         return -1;
     }
-    if (be_get64(p) != index_off || be_get32(p + 8) != count) {
+    if (be_get64(p) != index_off || be_get32(p + 8) != s->count) {
         error_set(EIO, "pack %s: footer at offset %llu: index offset %llu and count %u, "
                   "expected %llu and %zu", s->path, (unsigned long long)off,
                   (unsigned long long)be_get64(p), be_get32(p + 8), (unsigned long long)index_off,
-                  count);
+                  s->count);
         return -1;
     }
-    if (be_get32(p + 12) != (uint32_t)crc) {
+    if (be_get32(p + 12) != crc) {
         error_set(EIO, "pack %s: index CRC mismatch", s->path);
         return -1;
     }
@@ -378,11 +398,8 @@ static int scan_body(struct scan *s, bool check_ids,
 int pack_parse(const struct pack_src *src, bool check_ids,
                int (*fn)(void *opaque, const struct pack_entry *e), void *opaque)
 {
-    struct scan s = { .src = src, .path = src->name, .size = src->size };
-    struct pack_entry *entries = NULL;
-    ZSTD_DCtx *dctx = NULL;
-    uint8_t *plain = NULL;
-    int r = -1;
+    struct scan s = { .src = src, .path = src->name, .size = src->size, .check_ids = check_ids };
+    int stop = 0, r = -1;
 
     s.cap = SCAN_BUF_SIZE;
     s.buf = malloc(s.cap);
@@ -390,11 +407,17 @@ int pack_parse(const struct pack_src *src, bool check_ids,
         error_set(ENOMEM, "pack %s: out of memory", s.path);
         return -1;
     }
-    r = scan_body(&s, check_ids, fn, opaque, &entries, &dctx, &plain);
+    if (scan_header(&s) == 0) {
+        int64_t index_off = scan_entries(&s, fn, opaque, &stop);
+        if (stop)
+            r = stop;
+        else if (index_off >= 0)
+            r = scan_index(&s, (uint64_t)index_off);
+    }
     free(s.buf);
-    free(entries);
-    free(plain);
-    ZSTD_freeDCtx(dctx);
+    free(s.entries);
+    free(s.plain);
+    ZSTD_freeDCtx(s.dctx);
     return r;
 }
 

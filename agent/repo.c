@@ -1,5 +1,6 @@
 /* repo.c: opening and creating repositories. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,7 @@
 #include "common/fsync.h"
 #include "store/store.h"
 
-static char *join(const char *dir, const char *name)
+static char *path_in(const char *dir, const char *name)
 {
     char *s;
     if (asprintf(&s, "%s/%s", dir, name) < 0) {
@@ -45,7 +46,7 @@ int agent_repo_init(const char *dir, uint32_t chunk_size)
         error_prefix("create repository: ");
         return -1;
     }
-    if (!(cat = join(store_state_dir(st), "catalog.db")))
+    if (!(cat = path_in(store_state_dir(st), "catalog.db")))
         goto out;
     if (access(cat, F_OK) == 0) {
         error_set(EEXIST, "%s already holds a repository", dir);
@@ -83,7 +84,7 @@ struct agent_repo *agent_repo_open(const char *dir, bool create)
             error_prefix("repository: ");
         goto fail;
     }
-    if (!(r->catalog_path = join(store_state_dir(r->store), "catalog.db")))
+    if (!(r->catalog_path = path_in(store_state_dir(r->store), "catalog.db")))
         goto fail;
     if (access(r->catalog_path, F_OK) < 0) {
         if (!create) {
@@ -132,14 +133,35 @@ void agent_progress_report(struct agent_progress *p, uint64_t done, uint64_t tot
     p->fn(p->opaque, done, total);
 }
 
-struct list_ctx {
+void agent_notify(agent_warn_fn fn, void *opaque, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+
+    if (!fn)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fn(opaque, msg);
+}
+
+int agent_disk_id(struct agent_repo *r, const char *name, int64_t *id)
+{
+    int f = catalog_disk_find(r->cat, name, id);
+    if (f == 0)
+        error_set(ENOENT, "the repository has no disk named \"%s\"", name);
+    return f > 0 ? 0 : -1;
+}
+
+struct point_list_ctx {
     int (*fn)(void *opaque, const struct agent_point *p);
     void *opaque;
 };
 
 static int list_one(void *opaque, const struct catalog_point *cp)
 {
-    struct list_ctx *l = opaque;
+    struct point_list_ctx *l = opaque;
     struct agent_point p = {
         .id = cp->id,
         .parent = cp->parent,
@@ -163,7 +185,7 @@ static int list_one(void *opaque, const struct catalog_point *cp)
 int agent_list(struct agent_repo *r, const char *disk,
                int (*fn)(void *opaque, const struct agent_point *p), void *opaque)
 {
-    struct list_ctx l = { fn, opaque };
+    struct point_list_ctx l = { fn, opaque };
     return catalog_point_list(r->cat, disk, list_one, &l);
 }
 
@@ -173,7 +195,7 @@ int agent_list(struct agent_repo *r, const char *disk,
  * message of the one refused. */
 int agent_repo_run_lock(struct agent_repo *r)
 {
-    char *path = join(store_state_dir(r->store), "run.lock");
+    char *path = path_in(store_state_dir(r->store), "run.lock");
     char host[256] = "";
     int fd;
 

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent/grid.h"
 #include "agent/internal.h"
 #include "agent/pack.h"
 #include "agent/sink.h"
@@ -41,12 +42,6 @@ struct restore {
     struct item items[NBUFS];
 };
 
-static uint64_t cell_bytes(const struct restore *rs, uint64_t cell)
-{
-    uint64_t off = cell * rs->chunk;
-    return rs->size - off < rs->chunk ? rs->size - off : rs->chunk;
-}
-
 /* ---- Workers: chunks read and checked ------------------------------------- */
 
 static void *worker_start(void *opaque)
@@ -65,7 +60,7 @@ static void worker_run(void *opaque, void *wctx, struct workq_item *qi)
 {
     struct restore *rs = opaque;
     struct item *it = (struct item *)qi;
-    uint64_t len = cell_bytes(rs, it->cell);
+    uint64_t len = grid_cell_len(rs->size, rs->chunk, it->cell);
 
     if (it->ch.plain_len != len) {
         latch_set(workq_latch(rs->q), EIO, "cell %llu: chunk %lld holds %u bytes where the cell has %llu",
@@ -79,7 +74,7 @@ static void worker_run(void *opaque, void *wctx, struct workq_item *qi)
         workq_release(rs->q, qi);
         return;
     }
-    it->blk.off = it->cell * rs->chunk;
+    it->blk.off = grid_cell_start(rs->chunk, it->cell);
     it->blk.len = len;
     rs->sink->ops->put(rs->sink, &it->blk);
 }
@@ -122,13 +117,9 @@ static int restore_lock(struct agent_repo *r, const struct agent_restore_opts *o
 static int find_point(struct agent_repo *r, const struct agent_restore_opts *o, struct catalog_point *pt)
 {
     int64_t disk_id;
-    int f = catalog_disk_find(r->cat, o->disk, &disk_id);
-    if (f <= 0) {
-        if (f == 0)
-            error_set(ENOENT, "the repository has no disk named \"%s\"", o->disk);
+    if (agent_disk_id(r, o->disk, &disk_id) < 0)
         return -1;
-    }
-    f = o->point ? catalog_point_get(r->cat, o->point, pt) : catalog_point_latest(r->cat, disk_id, pt);
+    int f = o->point ? catalog_point_get(r->cat, o->point, pt) : catalog_point_latest(r->cat, disk_id, pt);
     if (f < 0)
         return -1;
     if (f == 0 || !pt->complete || pt->disk_id != disk_id) {
@@ -165,10 +156,9 @@ static int start(struct restore *rs)
 /* One run of the map: zeros to the sink, or each cell to a worker. */
 static int restore_run(struct restore *rs, const struct catalog_run *run)
 {
-    uint64_t off = run->first_cell * rs->chunk;
-    uint64_t end = (run->first_cell + run->count) * rs->chunk;
-    if (end > rs->size)
-        end = rs->size;
+    uint64_t off = grid_cell_start(rs->chunk, run->first_cell);
+    uint64_t last = run->first_cell + run->count - 1;
+    uint64_t end = grid_cell_start(rs->chunk, last) + grid_cell_len(rs->size, rs->chunk, last);
     if (run->chunk_id == 0) {
         rs->sink->ops->zero(rs->sink, off, end - off);
         return 0;
@@ -195,7 +185,7 @@ static int restore_run(struct restore *rs, const struct catalog_run *run)
 /* Every cell of point pt to the sink, then durable. */
 static int restore_all(struct restore *rs, const struct catalog_point *pt)
 {
-    uint64_t ncells = (rs->size + rs->chunk - 1) / rs->chunk;
+    uint64_t ncells = grid_cells(rs->size, rs->chunk);
     struct catalog_map *map = catalog_map_open(rs->repo->cat, pt->id, 0, ncells);
     if (!map)
         return -1;

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/grid.h"
 #include "agent/internal.h"
 #include "agent/pack.h"
 #include "common/error.h"
@@ -83,7 +84,7 @@ static void cache_put(struct chunk_cache *cc, int64_t id, const uint8_t *data, u
 
 /* ---- One served export (one per connection) ------------------------------- */
 
-struct window {
+struct map_window {
     int64_t point;
     uint64_t first, end;          /* cells */
     struct catalog_run *runs;
@@ -102,7 +103,7 @@ struct served {
     int64_t *since;               /* since[i] for context i >= 2 */
     size_t ncontexts;
     char desc[300];
-    struct window w_self, w_other;
+    struct map_window w_self, w_other;
     uint8_t *tmp;
 };
 
@@ -134,7 +135,7 @@ static void served_close(void *handle)
 }
 
 /* The window of cells holding cell, resolved in one snapshot. */
-static int window_load(struct served *sp, struct window *w, int64_t point, uint64_t cell)
+static int window_load(struct served *sp, struct map_window *w, int64_t point, uint64_t cell)
 {
     struct catalog_point pt;
     struct catalog_run run;
@@ -172,7 +173,7 @@ out:
 }
 
 /* The run of point covering cell (zero with depth 0 where nothing does). */
-static int run_at(struct served *sp, struct window *w, int64_t point, uint64_t cell,
+static int run_at(struct served *sp, struct map_window *w, int64_t point, uint64_t cell,
                   struct catalog_run *out)
 {
     if (w->point != point || cell < w->first || cell >= w->end)
@@ -234,8 +235,8 @@ static int served_read(void *handle, void *buf, uint64_t count, uint64_t offset)
     bool zero = true;
 
     while (pos < end) {
-        uint64_t cell = pos / sp->chunk, cs = cell * sp->chunk;
-        uint64_t clen = sp->size - cs < sp->chunk ? sp->size - cs : sp->chunk;
+        uint64_t cell = grid_cell_of(sp->chunk, pos), cs = grid_cell_start(sp->chunk, cell);
+        uint64_t clen = grid_cell_len(sp->size, sp->chunk, cell);
         uint64_t in = pos - cs, n = end - pos < clen - in ? end - pos : clen - in;
         struct catalog_run run;
         if (run_at(sp, &sp->w_self, sp->point, cell, &run) < 0)
@@ -269,7 +270,7 @@ static int served_block_status(void *handle, size_t ctx, uint64_t offset, uint64
     size_t n = 0;
 
     while (pos < end && n < max) {
-        uint64_t cell = pos / sp->chunk;
+        uint64_t cell = grid_cell_of(sp->chunk, pos);
         struct catalog_run a, b;
         if (run_at(sp, &sp->w_self, sp->point, cell, &a) < 0)
             return n ? (int)n : -EIO;
@@ -286,9 +287,7 @@ static int served_block_status(void *handle, size_t ctx, uint64_t offset, uint64
                 seg_end = b.first_cell + b.count;
             flags = a.chunk_id != b.chunk_id ? NBD_STATE_DIRTY : 0;
         }
-        uint64_t bend = seg_end * sp->chunk;
-        if (bend > sp->size)
-            bend = sp->size;
+        uint64_t bend = seg_end < sp->ncells ? grid_cell_start(sp->chunk, seg_end) : sp->size;
         if (n && out[n - 1].flags == flags)
             out[n - 1].length += bend - pos;
         else
@@ -358,7 +357,7 @@ static int serve_open(void *opaque, const char *name, struct nbd_server_export *
     sp->point = pt.id;
     sp->size = pt.disk_size;
     sp->chunk = r->chunk_size;
-    sp->ncells = (sp->size + sp->chunk - 1) / sp->chunk;
+    sp->ncells = grid_cells(sp->size, sp->chunk);
     /* The chain's length: depth of its full point. */
     struct catalog_point q = pt;
     sp->base_depth = 1;
@@ -411,7 +410,7 @@ fail:
     return -1;
 }
 
-struct list_ctx {
+struct export_list_ctx {
     int (*fn)(void *, const char *, const char *);
     void *fnopaque;
     char **seen;                  /* disks already listed */
@@ -420,7 +419,7 @@ struct list_ctx {
 
 static int list_point(void *opaque, const struct catalog_point *p)
 {
-    struct list_ctx *l = opaque;
+    struct export_list_ctx *l = opaque;
     char name[300], desc[300];
     snprintf(name, sizeof name, "%s@%lld", p->disk, (long long)p->id);
     snprintf(desc, sizeof desc, "%s point %lld (%s)", p->disk, (long long)p->id,
@@ -430,7 +429,7 @@ static int list_point(void *opaque, const struct catalog_point *p)
 
 static int list_disk_newest(void *opaque, const struct catalog_point *p)
 {
-    struct list_ctx *l = opaque;
+    struct export_list_ctx *l = opaque;
     for (size_t i = 0; i < l->nseen; i++)
         if (!strcmp(l->seen[i], p->disk))
             return 0;
@@ -454,7 +453,7 @@ static int list_disk_newest(void *opaque, const struct catalog_point *p)
 static int serve_list(void *opaque, int (*fn)(void *, const char *, const char *), void *fnopaque)
 {
     struct serve_ctx *sc = opaque;
-    struct list_ctx l = { .fn = fn, .fnopaque = fnopaque };
+    struct export_list_ctx l = { .fn = fn, .fnopaque = fnopaque };
     /* A handle of its own: this runs on a connection's thread. */
     struct catalog *cat = catalog_open(sc->repo->catalog_path);
     int r = -1;

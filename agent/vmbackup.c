@@ -41,20 +41,7 @@ struct vmb {
     size_t reads_left;                       /* disks whose reads have not ended */
 };
 
-static void note(const struct agent_vm_opts *o, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void note(const struct agent_vm_opts *o, const char *fmt, ...)
-{
-    char msg[1536];
-    va_list ap;
-
-    if (!o->note)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    o->note(o->opaque, msg);
-}
+#define tell(o, ...) agent_notify((o)->note, (o)->opaque, __VA_ARGS__)
 
 static void vm_log_cb(void *opaque, enum vm_log_level level, const char *msg)
 {
@@ -172,7 +159,7 @@ static int decide(struct vmb *v, size_t i)
         }
         snprintf(why, cap, "%s", cwhy);
     }
-    note(v->o, "%s: full backup: %s", v->names[i], why);
+    tell(v->o, "%s: full backup: %s", v->names[i], why);
     return 0;
 }
 
@@ -198,7 +185,7 @@ static int begin_job(struct vmb *v)
     for (size_t i = 0; i < v->ndisks; i++) {
         if (v->base[i]) {
             snprintf(v->reason[i], sizeof v->reason[i], "%s", msg);
-            note(v->o, "%s: full backup: %s", v->names[i], msg);
+            tell(v->o, "%s: full backup: %s", v->names[i], msg);
         }
         v->base[i] = NULL;
         reqs[i].incremental = NULL;

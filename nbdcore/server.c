@@ -366,14 +366,14 @@ static int opt_meta(struct sconn *c, uint32_t opt, const uint8_t *d, uint32_t le
     return send_rep(c, opt, NBD_REP_ACK, NULL, 0);
 }
 
-struct list_ctx {
+struct rep_server_ctx {
     struct sconn *c;
     int r;
 };
 
 static int list_one(void *opaque, const char *name, const char *desc)
 {
-    struct list_ctx *l = opaque;
+    struct rep_server_ctx *l = opaque;
     size_t nl = strnlen(name, NBD_MAX_STRING), dl = desc ? strnlen(desc, NBD_MAX_STRING) : 0;
     uint8_t *p = malloc(4 + nl + dl);
     if (!p)
@@ -431,7 +431,7 @@ static int handle_option(struct sconn *c, uint32_t opt, const uint8_t *d, uint32
     case NBD_OPT_LIST: {
         if (len)
             return send_err(c, opt, NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data") < 0 ? -1 : 0;
-        struct list_ctx l = { c, 0 };
+        struct rep_server_ctx l = { c, 0 };
         if (c->srv->cb.list && c->srv->cb.list(c->srv->cb.opaque, list_one, &l) < 0 && l.r == 0)
             return send_err(c, opt, NBD_REP_ERR_INVALID, "cannot list exports") < 0 ? -1 : 0;
         if (l.r < 0)
