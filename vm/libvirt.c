@@ -439,7 +439,10 @@ static int abort_job(struct vm *v)
     }
     for (unsigned i = 0; i < v->timeout_s * 20; i++) {
         char *xml = virDomainBackupGetXMLDesc(p->dom, 0);
-        if (!xml)
+        virDomainJobInfo info;
+        /* gone from both views: the backup document and the domain's
+         * job (which can outlive the document for a moment) */
+        if (!xml && (virDomainGetJobInfo(p->dom, &info) < 0 || info.type == VIR_DOMAIN_JOB_NONE))
             return 0;
         free(xml);
         usleep(50000);
