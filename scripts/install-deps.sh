@@ -12,7 +12,8 @@ libgnutls28-dev libzstd-dev libsqlite3-dev libcurl4-gnutls-dev libcmocka-dev
 libjson-c-dev libinih-dev libisal-dev
 qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin python3-libnbd nbd-server gnutls-bin
 sqlite3 zstd time e2fsprogs
-libxml2-dev libvirt-dev libvirt-daemon-system libvirt-clients qemu-system-x86 virtnbdbackup"
+libxml2-dev libvirt-dev libvirt-daemon-system libvirt-clients qemu-system-x86 virtnbdbackup
+ceph-mon ceph-osd radosgw ceph-common restic"
 
 missing() {
     for p in $PACKAGES; do
