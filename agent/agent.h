@@ -20,8 +20,15 @@
 
 struct agent_repo;
 
-/* Creates a repository (DIR may exist but must not hold one). */
+/* Creates a repository (DIR may exist but must not hold one).  DIR may be
+ * s3://BUCKET[/PREFIX] (store/store.h's store_s3_configure). */
 int agent_repo_init(const char *dir, uint32_t chunk_size);
+/* Where the catalog cache of a repository in a bucket lives (NULL:
+ * $XDG_CACHE_HOME/nbdvault/<repository id>). */
+void agent_set_cache_dir(const char *dir);
+/* Whether the repository is in a bucket; requests retried so far. */
+bool agent_repo_remote(const struct agent_repo *r);
+uint64_t agent_repo_retries(const struct agent_repo *r);
 /* Opens a repository; with create, makes one with the default chunk size
  * when DIR holds none. */
 struct agent_repo *agent_repo_open(const char *dir, bool create);

@@ -25,6 +25,7 @@
 #include "agent/grid.h"
 #include "agent/internal.h"
 #include "agent/plan.h"
+#include "agent/remote.h"
 #include "agent/session.h"
 #include "common/clock.h"
 #include "common/cpus.h"
@@ -424,6 +425,7 @@ static int start_pipeline(struct backup *b)
         workq_add_free(b->q, &b->batches[i].q);
     }
     struct session_opts so = { .repo = b->repo, .point = b->point, .full = b->full,
+                               .keep_running = b->repo->remote,
                                .level = b->level, .latch = b->latch };
     if (!(b->session = session_open(&so)) || workq_start(b->q, cpus_workers()) < 0)
         return -1;
@@ -468,6 +470,13 @@ static int commit_point(struct backup *b, struct agent_backup_result *res, doubl
     b->np.chunks_reused = st.chunks_reused;
     if (session_commit(b->session, &b->np) < 0)
         return -1;
+    if (b->repo->remote) {
+        /* The manifest goes to the bucket, then the point is complete. */
+        b->np.id = b->point;
+        snprintf(b->np.disk, sizeof b->np.disk, "%s", b->o->disk);
+        if (remote_publish(b->repo, &b->np) < 0 || catalog_point_commit(b->repo->cat, &b->np) < 0)
+            return -1;
+    }
     agent_progress_report(&b->progress, b->read_bytes, b->planned, 1);
     res->point = b->point;
     res->parent = b->np.parent;

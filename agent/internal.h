@@ -2,6 +2,7 @@
 #ifndef AGENT_INTERNAL_H
 #define AGENT_INTERNAL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "agent/agent.h"
@@ -15,6 +16,7 @@ struct agent_repo {
     char *catalog_path;           /* in the store's state directory */
     struct catalog *cat;          /* the opening thread's handle */
     uint32_t chunk_size;
+    bool remote;                  /* a bucket: the catalog is its cache (agent/remote.h) */
 };
 
 /* A formatted message to a caller's callback (fn NULL: dropped). */

@@ -12,6 +12,7 @@
 
 #include "agent/internal.h"
 #include "agent/pack.h"
+#include "agent/remote.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/fsync.h"
@@ -37,6 +38,15 @@ int agent_repo_init(const char *dir, uint32_t chunk_size)
         (chunk_size & (chunk_size - 1))) {
         error_set(EINVAL, "chunk size %u is not a power of two from 64 KiB to 16 MiB", chunk_size);
         return -1;
+    }
+    if (store_is_remote_location(dir)) {
+        if (!(st = store_open(dir)) || remote_init(st, dir, chunk_size) < 0) {
+            error_prefix("create repository: ");
+            store_close(st);
+            return -1;
+        }
+        store_close(st);
+        return 0;
     }
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         error_set(errno, "create repository %s: %s", dir, strerror(errno));
@@ -74,6 +84,13 @@ struct agent_repo *agent_repo_open(const char *dir, bool create)
     }
     if (!(r->dir = strdup(dir)))
         goto fail;
+    if (store_is_remote_location(dir)) {
+        if (!(r->store = store_open(dir)) || remote_open(r) < 0) {
+            error_prefix("repository: ");
+            goto fail;
+        }
+        return r;
+    }
     if (create && access(dir, F_OK) < 0 && agent_repo_init(dir, AGENT_DEFAULT_CHUNK_SIZE) < 0)
         goto fail;
     if (!(r->store = store_open(dir))) {
@@ -115,6 +132,16 @@ void agent_repo_close(struct agent_repo *r)
     free(r->dir);
     free(r->catalog_path);
     free(r);
+}
+
+bool agent_repo_remote(const struct agent_repo *r)
+{
+    return r->remote;
+}
+
+uint64_t agent_repo_retries(const struct agent_repo *r)
+{
+    return store_retries(r->store);
 }
 
 uint32_t agent_repo_chunk_size(const struct agent_repo *r)

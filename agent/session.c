@@ -263,7 +263,8 @@ static int record_ready(struct session *s, bool last)
     int r = flush_rows(s, &v);
     free(v.r);
     if (r == 0 && last)
-        r = catalog_point_commit(s->wcat, &s->final);
+        r = s->o.keep_running ? catalog_point_record(s->wcat, &s->final)
+                              : catalog_point_commit(s->wcat, &s->final);
     return r;
 }
 

@@ -31,6 +31,9 @@ struct session_opts {
     int64_t point;                /* the running point the rows belong to */
     bool full;                    /* no parent: every cell is recorded */
     int level;                    /* zstd level */
+    bool keep_running;            /* session_commit records the figures, the
+                                   * point stays 'running' (a bucket's point
+                                   * commits once its manifest is written) */
     struct latch *latch;          /* the backup's first error */
 };
 

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define CATALOG_HASH_LEN 32        /* SHA-256 */
-#define CATALOG_FORMAT_VERSION 3
+#define CATALOG_FORMAT_VERSION 4
 
 struct catalog;
 
@@ -98,6 +98,9 @@ int64_t catalog_point_begin(struct catalog *c, const struct catalog_point *p);
 /* Records the statistics and flips the point to 'complete' in one
  * transaction. */
 int catalog_point_commit(struct catalog *c, const struct catalog_point *p);
+/* Records the statistics of a running point that stays 'running' (a
+ * point of an object store waits for its manifest, then commits). */
+int catalog_point_record(struct catalog *c, const struct catalog_point *p);
 /* Deletes a 'running' point and its cells. */
 int catalog_point_abort(struct catalog *c, int64_t id);
 
@@ -191,5 +194,47 @@ int catalog_chunks_referenced(struct catalog *c, const int64_t *points, size_t n
 /* Points whose resolved map uses a chunk (for verify's report). */
 int catalog_points_using_chunk(struct catalog *c, int64_t chunk_id,
                                int (*fn)(void *opaque, int64_t point_id), void *opaque);
+
+/* ---- Repositories on an object store (catalog/remote.c) -------------------
+ * The catalog of such a repository is a cache of the bucket: each point
+ * stands in the bucket as a manifest "points/<uid>.<gen>", and the cache
+ * remembers which uid and generation each of its points was imported
+ * from or published as.  A point's generation grows when its manifest is
+ * rewritten (a prune merged its parent into it). */
+struct catalog_remote {
+    int64_t point_id;
+    char uid[40];                 /* 32 hex digits */
+    unsigned gen;
+};
+/* 1 found, 0 none, -1 error. */
+int catalog_remote_get(struct catalog *c, int64_t point_id, struct catalog_remote *out);
+int catalog_remote_set(struct catalog *c, const struct catalog_remote *r);
+/* Every remote row (read first: fn may change the catalog). */
+int catalog_remote_list(struct catalog *c, int (*fn)(void *opaque, const struct catalog_remote *r),
+                        void *opaque);
+/* The runs a point itself recorded (not its parents'), in cell order, each
+ * with its chunk (NULL for a zero run). */
+int catalog_point_own(struct catalog *c, int64_t id,
+                      int (*fn)(void *opaque, const struct catalog_run *run,
+                                const struct catalog_chunk *ch),
+                      void *opaque);
+/* The size of a pack (ENOENT: no such pack). */
+int catalog_pack_size(struct catalog *c, int64_t pack_id, uint64_t *size);
+/* The id of a pack, recorded (with its size) when new. */
+int catalog_pack_ensure(struct catalog *c, const char *name, uint64_t size, int64_t *id);
+/* The id of a chunk by hash; when unknown, recorded at ch's location in
+ * pack_id. */
+int catalog_chunk_import(struct catalog *c, int64_t pack_id, const struct catalog_chunk *ch,
+                         int64_t *id);
+/* A complete point as a manifest describes it (its own runs, chunk ids of
+ * this catalog), with its remote row, in one transaction: a new point when
+ * p->id is 0, else the point p->id re-recorded (parent, kind, runs).
+ * Returns the point's id, or -1. */
+int64_t catalog_point_import(struct catalog *c, const struct catalog_point *p,
+                             const struct catalog_run *runs, size_t n,
+                             const struct catalog_remote *rem);
+/* Deletes a point with its cells and remote row, merging nothing (its
+ * manifest is gone from the bucket); it must have no child. */
+int catalog_point_drop(struct catalog *c, int64_t id);
 
 #endif

@@ -144,6 +144,15 @@ static const char SCHEMA_V3[] =
     "ALTER TABLE points ADD COLUMN checkpoint TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE points ADD COLUMN full_reason TEXT NOT NULL DEFAULT '';";
 
+/* Version 4: a repository on an object store keeps in its catalog (a
+ * cache of the bucket) which manifest each point came from or went to. */
+static const char SCHEMA_V4[] =
+    "CREATE TABLE remote_points ("
+    "  point_id INTEGER PRIMARY KEY REFERENCES points(id) ON DELETE CASCADE,"
+    "  uid      TEXT NOT NULL UNIQUE,"
+    "  gen      INTEGER NOT NULL"
+    ");";
+
 struct migration {
     const char *sql;
     int (*fn)(struct catalog *c);  /* data changes after sql, may be NULL */
@@ -153,6 +162,7 @@ static const struct migration migrations[] = {
     { SCHEMA_V1, NULL },               /* version 1 */
     { SCHEMA_V2, NULL },               /* version 2 */
     { SCHEMA_V3, NULL },               /* version 3 */
+    { SCHEMA_V4, NULL },               /* version 4 */
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))

@@ -279,16 +279,22 @@ static void not_running(struct catalog *c, int64_t id, const char *what)
                   (long long)id);
 }
 
-int catalog_point_commit(struct catalog *c, const struct catalog_point *p)
+/* The figures of a running point, and with complete its flip to
+ * 'complete', in one transaction. */
+static int point_finish(struct catalog *c, const struct catalog_point *p, bool complete)
 {
     sqlite3_stmt *st;
     double finished = p->finished ? p->finished : clock_wall_s();
 
     if (cat_begin(c) == -1)
         return -1;
-    st = cat_stmt(c, "UPDATE points SET status = 'complete', finished = ?2, bytes_planned = ?3, "
-                     "bytes_read = ?4, bytes_stored = ?5, chunks_new = ?6, chunks_reused = ?7 "
-                     "WHERE id = ?1 AND status = 'running'");
+    st = cat_stmt(c, complete
+        ? "UPDATE points SET status = 'complete', finished = ?2, bytes_planned = ?3, "
+          "bytes_read = ?4, bytes_stored = ?5, chunks_new = ?6, chunks_reused = ?7 "
+          "WHERE id = ?1 AND status = 'running'"
+        : "UPDATE points SET finished = ?2, bytes_planned = ?3, "
+          "bytes_read = ?4, bytes_stored = ?5, chunks_new = ?6, chunks_reused = ?7 "
+          "WHERE id = ?1 AND status = 'running'");
     if (!st)
         goto fail;
     sqlite3_bind_int64(st, 1, p->id);
@@ -312,6 +318,16 @@ int catalog_point_commit(struct catalog *c, const struct catalog_point *p)
 fail:
     cat_rollback(c);
     return -1;
+}
+
+int catalog_point_commit(struct catalog *c, const struct catalog_point *p)
+{
+    return point_finish(c, p, true);
+}
+
+int catalog_point_record(struct catalog *c, const struct catalog_point *p)
+{
+    return point_finish(c, p, false);
 }
 
 int catalog_point_abort(struct catalog *c, int64_t id)

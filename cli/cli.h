@@ -84,6 +84,14 @@ int cli_parse_unsigned(const char *v, unsigned max, unsigned *out);
 struct agent_repo;
 struct agent_repo *cli_open_repo(const char *cmd, const char *repo, const char *config, int *code);
 
+/* The object-storage options of every command (cli/storeopts.c): taken
+ * out of argv (0, or -1 after printing a usage error); the same keys of a
+ * config file's [repository] section (1 taken, 0 not one of them, -1 bad
+ * value); the help paragraph. */
+int cli_take_store_opts(int *argc, char **argv, const char *cmd);
+int cli_store_config_key(const char *cmd, const char *name, const char *value);
+extern const char cli_store_help[];
+
 /* Progress on a terminal. */
 struct cli_progress {
     const char *what;

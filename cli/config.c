@@ -65,6 +65,7 @@ static int on_key(void *user, const char *section, const char *name, const char 
     struct ini_ctx *x = user;
     struct cli_config *c = x->c;
     uint64_t size;
+    int r;
 
     if (!strcmp(section, "repository") && !strcmp(name, "path")) {
         free(c->repo);
@@ -91,6 +92,10 @@ static int on_key(void *user, const char *section, const char *name, const char 
     } else if (!strcmp(section, "backup") && !strcmp(name, "bitmap")) {
         free(c->bitmap);
         c->bitmap = strdup(value);
+    } else if (!strcmp(section, "repository") &&
+               (r = cli_store_config_key("config", name, value)) != 0) {
+        if (r < 0)
+            goto bad;
     } else {
         snprintf(x->err, sizeof x->err, "unknown key \"%s\" in section [%s]", name, section);
         return 0;

@@ -35,7 +35,8 @@ static void usage(FILE *f)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n"
                "Run 'nbdvault COMMAND --help' for the options of one command.\n"
-               "Exit codes: 0 success, 1 failure, 2 bad usage.\n");
+               "Exit codes: 0 success, 1 failure, 2 bad usage.\n"
+               "\n%s", cli_store_help);
 }
 
 int main(int argc, char **argv)
@@ -61,7 +62,10 @@ int main(int argc, char **argv)
             char prog[64];
             snprintf(prog, sizeof prog, "%s %s", cli_progname, commands[i].name);
             argv[1] = prog;
-            return commands[i].run(argc - 1, argv + 1);
+            int n = argc - 1;
+            if (cli_take_store_opts(&n, argv + 1, commands[i].name) < 0)
+                return CLI_EXIT_USAGE;
+            return commands[i].run(n, argv + 1);
         }
     fprintf(stderr, "nbdvault: unknown command '%s'\n\n", argv[1]);
     usage(stderr);

@@ -39,5 +39,9 @@ struct store_obj {
 extern bool store_direct;
 
 struct store *store_local_open(const char *dir);
+struct store *store_s3_open(const char *url);
+int store_s3_set_state(struct store *s, const char *dir);
+uint64_t store_s3_retries(const struct store *s);
+unsigned store_s3_lock_days(const struct store *s);
 
 #endif

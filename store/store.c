@@ -39,9 +39,40 @@ bad:
     return -1;
 }
 
+bool store_is_remote_location(const char *location)
+{
+    return strncmp(location, "s3://", 5) == 0;
+}
+
 struct store *store_open(const char *location)
 {
+    if (store_is_remote_location(location))
+        return store_s3_open(location);
     return store_local_open(location);
+}
+
+bool store_is_remote(const struct store *s)
+{
+    return strcmp(s->ops->kind, "local") != 0;
+}
+
+int store_set_state_dir(struct store *s, const char *dir)
+{
+    if (!store_is_remote(s)) {
+        error_set(EINVAL, "a local store keeps its state in its own directory");
+        return -1;
+    }
+    return store_s3_set_state(s, dir);
+}
+
+uint64_t store_retries(const struct store *s)
+{
+    return store_is_remote(s) ? store_s3_retries(s) : 0;
+}
+
+unsigned store_lock_days(const struct store *s)
+{
+    return store_is_remote(s) ? store_s3_lock_days(s) : 0;
 }
 
 void store_close(struct store *s)

@@ -31,8 +31,37 @@
 
 struct store;
 
-/* Opens the store at location: a directory (which must exist).  */
+/* Opens the store at location: a directory (which must exist), or
+ * s3://BUCKET[/PREFIX] (store/s3.c; configured by store_s3_configure and
+ * the AWS_* environment). */
 struct store *store_open(const char *location);
+/* Whether location names an object store (s3://...). */
+bool store_is_remote_location(const char *location);
+bool store_is_remote(const struct store *s);
+
+/* S3 settings for the stores opened afterwards (the process's; NULL or
+ * 0 fields: from the environment, else the defaults).  Strings are
+ * copied at store_open. */
+struct store_s3_config {
+    const char *endpoint;         /* --s3-endpoint; else AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL */
+    const char *region;           /* else AWS_REGION, AWS_DEFAULT_REGION, us-east-1 */
+    int path_style;               /* 1 yes, 0 no, -1 auto (yes for an IP address or localhost) */
+    const char *ca_file;          /* https: else the system's CAs */
+    unsigned connections;         /* requests at once (default 8) */
+    unsigned retries;             /* attempts after the first (default 8; NBDVAULT_S3_RETRIES) */
+    unsigned timeout;             /* seconds per request (default 300; NBDVAULT_S3_TIMEOUT) */
+    unsigned low_speed_time;      /* seconds under 1 KiB/s (default 30; NBDVAULT_S3_LOW_SPEED_TIME) */
+    unsigned lock_days;           /* object lock retention of new objects (0: none) */
+    bool lock_compliance;         /* COMPLIANCE instead of GOVERNANCE */
+};
+void store_s3_configure(const struct store_s3_config *c);
+/* For a remote store: the local directory its state (catalog cache, spool
+ * files) lives in, set by the opener before anything is written. */
+int store_set_state_dir(struct store *s, const char *dir);
+/* Requests retried so far (0 for a local store). */
+uint64_t store_retries(const struct store *s);
+/* Object lock: whether new objects are written with a retention. */
+unsigned store_lock_days(const struct store *s);
 void store_close(struct store *s);          /* accepts NULL */
 /* The location as the user gave it, for messages. */
 const char *store_location(const struct store *s);

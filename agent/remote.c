@@ -1,0 +1,577 @@
+/* agent/remote.c: the catalog of a bucket's repository, kept as a cache of
+ * its manifests (agent/remote.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "agent/internal.h"
+#include "agent/manifest.h"
+#include "agent/remote.h"
+#include "common/error.h"
+#include "common/vec.h"
+#include "store/store.h"
+
+#define CONFIG_KEY "config"
+#define POINTS "points/"
+#define REPO_FORMAT 1
+
+static char cache_dir_opt[PATH_MAX];
+
+void agent_set_cache_dir(const char *dir)
+{
+    snprintf(cache_dir_opt, sizeof cache_dir_opt, "%s", dir ? dir : "");
+}
+
+static int random_hex(char *out, size_t bytes)
+{
+    uint8_t b[32];
+    if (bytes > sizeof b || getrandom(b, bytes, 0) != (ssize_t)bytes) {
+        error_set(EIO, "getrandom: %s", strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; i < bytes; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+    return 0;
+}
+
+/* ---- The config object ------------------------------------------------------ */
+
+int remote_init(struct store *st, const char *url, uint32_t chunk_size)
+{
+    uint64_t size;
+    char id[33];
+
+    if (store_stat(st, CONFIG_KEY, &size) == 0) {
+        error_set(EEXIST, "%s already holds a repository", url);
+        return -1;
+    }
+    if (error_errno() != ENOENT)
+        return -1;
+    if (random_hex(id, 16) < 0)
+        return -1;
+    struct json_object *j = json_object_new_object();
+    json_object_object_add(j, "format", json_object_new_string("nbdvault"));
+    json_object_object_add(j, "version", json_object_new_int(REPO_FORMAT));
+    json_object_object_add(j, "id", json_object_new_string(id));
+    json_object_object_add(j, "chunk_size", json_object_new_int64(chunk_size));
+    json_object_object_add(j, "created", json_object_new_int64((int64_t)time(NULL)));
+    const char *txt = json_object_to_json_string_ext(j, JSON_C_TO_STRING_PRETTY);
+    int r = store_put_all(st, CONFIG_KEY, txt, strlen(txt));
+    json_object_put(j);
+    return r;
+}
+
+static int read_config(struct agent_repo *r, char id[33], uint32_t *chunk)
+{
+    void *buf;
+    size_t len;
+    int bad = 0;
+
+    if (store_get_all(r->store, CONFIG_KEY, &buf, &len) < 0) {
+        if (error_errno() == ENOENT)
+            error_set(ENOENT, "%s is not a repository (no config object; create one with "
+                              "'nbdvault init --repo %s')", r->dir, r->dir);
+        return -1;
+    }
+    char *txt = strndup(buf, len);
+    free(buf);
+    struct json_object *j = txt ? json_tokener_parse(txt) : NULL, *v;
+    free(txt);
+    if (!j || !json_object_object_get_ex(j, "format", &v) || strcmp(json_object_get_string(v), "nbdvault"))
+        bad = 1;
+    if (!bad && (!json_object_object_get_ex(j, "version", &v) || json_object_get_int(v) != REPO_FORMAT))
+        bad = 2;
+    if (!bad && (!json_object_object_get_ex(j, "id", &v) || strlen(json_object_get_string(v)) != 32))
+        bad = 1;
+    if (!bad)
+        snprintf(id, 33, "%s", json_object_get_string(v));
+    if (!bad && json_object_object_get_ex(j, "chunk_size", &v))
+        *chunk = (uint32_t)json_object_get_int64(v);
+    else
+        bad = bad ? bad : 1;
+    json_object_put(j);
+    if (bad) {
+        error_set(EINVAL, bad == 2 ? "%s: the repository's format is newer than this nbdvault reads"
+                                   : "%s: its config object is damaged", r->dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- The cache -------------------------------------------------------------- */
+
+static int mkdirs(const char *path)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = 0;
+        if (mkdir(p, 0700) < 0 && errno != EEXIST)
+            return -1;
+        *s = '/';
+    }
+    return mkdir(p, 0700) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+static int cache_dir(const char *id, char *out, size_t cap)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    int n;
+
+    if (cache_dir_opt[0])
+        n = snprintf(out, cap, "%s", cache_dir_opt);
+    else if (xdg && xdg[0] == '/')
+        n = snprintf(out, cap, "%s/nbdvault/%s", xdg, id);
+    else if (home && home[0])
+        n = snprintf(out, cap, "%s/.cache/nbdvault/%s", home, id);
+    else
+        n = snprintf(out, cap, "/var/cache/nbdvault/%s", id);
+    if (n < 0 || (size_t)n >= cap) {
+        error_set(ENAMETOOLONG, "cache directory name too long");
+        return -1;
+    }
+    if (mkdirs(out) < 0) {
+        error_set(errno, "cache directory %s: %s", out, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* A cache belongs to one repository: its id is written in it. */
+static int cache_claim(const char *dir, const char *id, const char *url)
+{
+    char path[PATH_MAX + 16], have[40] = "";
+    int fd;
+
+    snprintf(path, sizeof path, "%s/repository-id", dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        error_set(errno, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    ssize_t n = pread(fd, have, 32, 0);
+    if (n == 32 && strncmp(have, id, 32)) {
+        close(fd);
+        error_set(EINVAL, "cache directory %s belongs to another repository (id %.32s, and %s is %s)",
+                  dir, have, url, id);
+        return -1;
+    }
+    if (n != 32 && (pwrite(fd, id, 32, 0) != 32 || fsync(fd) < 0)) {
+        error_set(errno, "%s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+int remote_open(struct agent_repo *r)
+{
+    char id[33], dir[PATH_MAX];
+    uint32_t chunk = 0;
+
+    if (read_config(r, id, &chunk) < 0 || cache_dir(id, dir, sizeof dir) < 0 ||
+        cache_claim(dir, id, r->dir) < 0 || store_set_state_dir(r->store, dir) < 0)
+        return -1;
+    if (asprintf(&r->catalog_path, "%s/catalog.db", dir) < 0) {
+        r->catalog_path = NULL;
+        error_set(ENOMEM, "out of memory");
+        return -1;
+    }
+    if (access(r->catalog_path, F_OK) < 0 && catalog_create(r->catalog_path, chunk) < 0) {
+        error_prefix("cache of %s: ", r->dir);
+        return -1;
+    }
+    if (!(r->cat = catalog_open(r->catalog_path))) {
+        error_prefix("cache of %s: ", r->dir);
+        return -1;
+    }
+    r->chunk_size = catalog_chunk_size(r->cat);
+    if (r->chunk_size != chunk) {
+        error_set(EINVAL, "cache %s has chunk size %u, the repository %u", dir, r->chunk_size, chunk);
+        return -1;
+    }
+    r->remote = true;
+    return remote_sync(r);
+}
+
+/* ---- Publishing -------------------------------------------------------------------- */
+
+struct idmap {
+    int64_t *keys;
+    uint32_t *vals;
+    size_t cap, n;
+};
+
+static uint32_t *idmap_slot(struct idmap *m, int64_t key)
+{
+    size_t i = (size_t)((uint64_t)key * 0x9e3779b97f4a7c15ull >> 20) & (m->cap - 1);
+    while (m->keys[i] && m->keys[i] != key)
+        i = (i + 1) & (m->cap - 1);
+    return &m->vals[i];
+}
+
+static int idmap_grow(struct idmap *m)
+{
+    struct idmap n = { calloc(m->cap ? 2 * m->cap : 1024, sizeof *n.keys),
+                       calloc(m->cap ? 2 * m->cap : 1024, sizeof *n.vals), m->cap ? 2 * m->cap : 1024, 0 };
+    if (!n.keys || !n.vals) {
+        free(n.keys);
+        free(n.vals);
+        error_set(ENOMEM, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < m->cap; i++) {
+        if (!m->keys[i])
+            continue;
+        uint32_t *v = idmap_slot(&n, m->keys[i]);
+        n.keys[v - n.vals] = m->keys[i];
+        *v = m->vals[i];
+        n.n++;
+    }
+    free(m->keys);
+    free(m->vals);
+    *m = n;
+    return 0;
+}
+
+/* The index of key, or UINT32_MAX when absent (inserted as val when
+ * insert). */
+static int idmap_find(struct idmap *m, int64_t key, uint32_t *val, bool insert)
+{
+    if ((m->n + 1) * 2 > m->cap && idmap_grow(m) < 0)
+        return -1;
+    uint32_t *v = idmap_slot(m, key);
+    if (m->keys[v - m->vals]) {
+        *val = *v;
+        return 1;
+    }
+    if (insert) {
+        m->keys[v - m->vals] = key;
+        *v = *val;
+        m->n++;
+    }
+    return 0;
+}
+
+struct build {
+    struct catalog *cat;
+    struct manifest *m;
+    struct idmap chunks, packs;
+};
+
+static int build_run(void *opaque, const struct catalog_run *run, const struct catalog_chunk *ch)
+{
+    struct build *b = opaque;
+    uint32_t ci = MANIFEST_ZERO, pi;
+    int f;
+
+    if (ch) {
+        ci = (uint32_t)b->m->nchunks;
+        if ((f = idmap_find(&b->chunks, ch->id, &ci, true)) < 0)
+            return -1;
+        if (!f) {
+            pi = (uint32_t)b->m->npacks;
+            if ((f = idmap_find(&b->packs, ch->pack_id, &pi, true)) < 0)
+                return -1;
+            if (!f) {
+                uint64_t size;
+                if (catalog_pack_size(b->cat, ch->pack_id, &size) < 0 ||
+                    manifest_add_pack(b->m, ch->pack, size) < 0)
+                    return -1;
+            }
+            struct catalog_chunk c = *ch;
+            c.pack_id = pi;
+            if (manifest_add_chunk(b->m, &c) < 0)
+                return -1;
+        }
+    }
+    return manifest_add_run(b->m, run->first_cell, run->count, ci);
+}
+
+static void key_of(const char *uid, unsigned gen, char *out, size_t cap)
+{
+    snprintf(out, cap, POINTS "%s.%06u", uid, gen);
+}
+
+int remote_publish(struct agent_repo *r, const struct catalog_point *p)
+{
+    struct manifest m = { 0 };
+    struct build b = { r->cat, &m, { 0 }, { 0 } };
+    struct catalog_remote rem = { .point_id = p->id, .gen = 1 }, parent;
+    char key[STORE_KEY_MAX], stamp[32];
+    void *obj = NULL;
+    size_t len;
+    int ret = -1;
+
+    m.pt = *p;
+    m.chunk_size = r->chunk_size;
+    gethostname(m.host, sizeof m.host - 1);
+    if (p->parent) {
+        int f = catalog_remote_get(r->cat, p->parent, &parent);
+        if (f <= 0) {
+            if (f == 0)
+                error_set(ENOENT, "point %lld has no manifest in the bucket", (long long)p->parent);
+            goto out;
+        }
+        snprintf(m.parent_uid, sizeof m.parent_uid, "%s", parent.uid);
+    }
+    /* A uid sorts by the point's start: parents list before children. */
+    time_t t = (time_t)p->started;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    char rnd[17];
+    if (random_hex(rnd, 8) < 0)
+        goto out;
+    snprintf(rem.uid, sizeof rem.uid, "%.16s-%.16s", stamp, rnd);
+    snprintf(m.uid, sizeof m.uid, "%s", rem.uid);
+    m.gen = rem.gen;
+    if (catalog_point_own(r->cat, p->id, build_run, &b) < 0 || manifest_encode(&m, &obj, &len) < 0)
+        goto out;
+    key_of(rem.uid, rem.gen, key, sizeof key);
+    if (store_put_all(r->store, key, obj, len) < 0)
+        goto out;
+    if (catalog_remote_set(r->cat, &rem) < 0) {
+        struct error_saved e;
+        error_save(&e);
+        (void)store_remove(r->store, key);
+        error_restore(&e);
+        goto out;
+    }
+    ret = 0;
+out:
+    if (ret < 0)
+        error_prefix("publish point: ");
+    free(obj);
+    free(b.chunks.keys);
+    free(b.chunks.vals);
+    free(b.packs.keys);
+    free(b.packs.vals);
+    manifest_free(&m);
+    return ret;
+}
+
+/* ---- Syncing --------------------------------------------------------------------- */
+
+struct entry {
+    char uid[40];
+    unsigned gen;
+    int64_t point;                /* in the cache, 0 none */
+    unsigned have_gen;
+    bool done;
+};
+
+struct listing {
+    struct entry *e;
+    size_t n, cap;
+};
+
+static int list_point(void *opaque, const char *key, uint64_t size, bool partial)
+{
+    struct listing *l = opaque;
+    const char *name = key + strlen(POINTS), *dot = strrchr(name, '.');
+    char *end;
+
+    if (partial || !dot || dot == name || (size_t)(dot - name) >= sizeof l->e->uid)
+        return 0;                  /* not a manifest */
+    unsigned long gen = strtoul(dot + 1, &end, 10);
+    if (*end || !gen || gen > 999999)
+        return 0;
+    if (l->n && !strncmp(l->e[l->n - 1].uid, name, (size_t)(dot - name)) &&
+        !l->e[l->n - 1].uid[dot - name]) {
+        if (gen > l->e[l->n - 1].gen)
+            l->e[l->n - 1].gen = (unsigned)gen;   /* keys sort: older generations first */
+        return 0;
+    }
+    if (VEC_RESERVE(l->e, l->n, l->cap, 64) < 0)
+        return -1;
+    memset(&l->e[l->n], 0, sizeof l->e[l->n]);
+    snprintf(l->e[l->n].uid, sizeof l->e[l->n].uid, "%.*s", (int)(dot - name), name);
+    l->e[l->n].gen = (unsigned)gen;
+    l->n++;
+    return 0;
+}
+
+static struct entry *find_uid(struct listing *l, const char *uid)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (!strcmp(l->e[i].uid, uid))
+            return &l->e[i];
+    return NULL;
+}
+
+struct cached {
+    struct listing *l;
+    struct catalog_remote *gone;
+    size_t ngone, cap;
+};
+
+static int note_cached(void *opaque, const struct catalog_remote *rem)
+{
+    struct cached *c = opaque;
+    struct entry *e = find_uid(c->l, rem->uid);
+
+    if (e) {
+        e->point = rem->point_id;
+        e->have_gen = rem->gen;
+        e->done = rem->gen >= e->gen;
+        return 0;
+    }
+    if (VEC_RESERVE(c->gone, c->ngone, c->cap, 16) < 0)
+        return -1;
+    c->gone[c->ngone++] = *rem;
+    return 0;
+}
+
+/* The manifest's point in the cache; 0 imported, 1 waits for its parent. */
+static int import_one(struct agent_repo *r, struct listing *l, struct entry *e)
+{
+    char key[STORE_KEY_MAX], name[STORE_KEY_MAX + 64];
+    struct manifest m;
+    void *buf;
+    size_t len;
+    int ret = -1;
+
+    key_of(e->uid, e->gen, key, sizeof key);
+    if (store_display_name(r->store, key, name, sizeof name) < 0 ||
+        store_get_all(r->store, key, &buf, &len) < 0)
+        return -1;
+    int d = manifest_decode(buf, len, name, &m);
+    free(buf);
+    if (d < 0)
+        return -1;
+    struct catalog_point p = m.pt;
+    struct catalog_run *runs = calloc(m.nruns ? m.nruns : 1, sizeof *runs);
+    int64_t *ids = calloc(m.nchunks ? m.nchunks : 1, sizeof *ids);
+    struct catalog_remote rem = { .gen = e->gen };
+    snprintf(rem.uid, sizeof rem.uid, "%s", e->uid);
+    if (!runs || !ids) {
+        error_set(ENOMEM, "out of memory");
+        goto out;
+    }
+    if (strcmp(m.uid, e->uid) || m.gen != e->gen || m.chunk_size != r->chunk_size) {
+        error_set(EINVAL, "manifest %s does not belong under its name or to this repository", name);
+        goto out;
+    }
+    if (m.parent_uid[0]) {
+        struct entry *pe = find_uid(l, m.parent_uid);
+        if (!pe) {
+            error_set(ENOENT, "manifest %s: its parent %s is not in the bucket", name, m.parent_uid);
+            goto out;
+        }
+        if (!pe->done) {
+            ret = 1;
+            goto out;
+        }
+        p.parent = pe->point;
+    }
+    p.id = e->point;
+    if (catalog_begin(r->cat) < 0)
+        goto out;
+    if (agent_disk_id(r, p.disk, &p.disk_id) < 0 &&
+        (error_errno() != ENOENT || (p.disk_id = catalog_disk_add(r->cat, p.disk)) < 0))
+        goto rollback;
+    for (size_t i = 0; i < m.npacks; i++) {
+        int64_t pid;
+        if (catalog_pack_ensure(r->cat, m.packs[i].name, m.packs[i].size, &pid) < 0)
+            goto rollback;
+        m.packs[i].size = (uint64_t)pid;   /* from here: the pack's id */
+    }
+    for (size_t i = 0; i < m.nchunks; i++)
+        if (catalog_chunk_import(r->cat, (int64_t)m.packs[m.chunks[i].pack_id].size, &m.chunks[i], &ids[i]) < 0)
+            goto rollback;
+    for (size_t i = 0; i < m.nruns; i++)
+        runs[i] = (struct catalog_run){ m.runs[i].first, m.runs[i].count,
+                                        m.runs[i].chunk == MANIFEST_ZERO ? 0 : ids[m.runs[i].chunk], 0 };
+    if ((e->point = catalog_point_import(r->cat, &p, runs, m.nruns, &rem)) < 0 ||
+        catalog_commit(r->cat) < 0)
+        goto rollback;
+    e->done = true;
+    ret = 0;
+    goto out;
+rollback:;
+    struct error_saved es;
+    error_save(&es);
+    catalog_rollback(r->cat);
+    error_restore(&es);
+out:
+    free(runs);
+    free(ids);
+    manifest_free(&m);
+    return ret;
+}
+
+static int import_all(struct agent_repo *r, struct listing *l)
+{
+    for (bool progress = true; progress;) {
+        bool waiting = false;
+        progress = false;
+        for (size_t i = 0; i < l->n; i++) {
+            if (l->e[i].done)
+                continue;
+            int k = import_one(r, l, &l->e[i]);
+            if (k < 0)
+                return -1;
+            if (k == 0)
+                progress = true;
+            else
+                waiting = true;
+        }
+        if (!waiting)
+            return 0;
+    }
+    error_set(EINVAL, "the bucket's manifests name parents in a cycle");
+    return -1;
+}
+
+static int by_point_desc(const void *a, const void *b)
+{
+    const struct catalog_remote *x = a, *y = b;
+    return x->point_id < y->point_id ? 1 : x->point_id > y->point_id ? -1 : 0;
+}
+
+int remote_sync(struct agent_repo *r)
+{
+    struct listing l = { 0 };
+    struct cached c = { &l, NULL, 0, 0 };
+    char lock[PATH_MAX + 16];
+    int fd, ret = -1;
+
+    /* One sync at a time per cache. */
+    snprintf(lock, sizeof lock, "%s/sync.lock", store_state_dir(r->store));
+    if ((fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0 || flock(fd, LOCK_EX) < 0) {
+        error_set(errno, "%s: %s", lock, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (store_list(r->store, POINTS, list_point, &l) < 0 ||
+        catalog_remote_list(r->cat, note_cached, &c) < 0 || import_all(r, &l) < 0)
+        goto out;
+    /* Newest first, so that a child goes before its parent. */
+    qsort(c.gone, c.ngone, sizeof *c.gone, by_point_desc);
+    for (size_t i = 0; i < c.ngone; i++)
+        if (catalog_point_drop(r->cat, c.gone[i].point_id) < 0)
+            goto out;
+    ret = 0;
+out:
+    if (ret < 0)
+        error_prefix("bring the cache of %s up to date: ", r->dir);
+    close(fd);
+    free(l.e);
+    free(c.gone);
+    return ret;
+}

@@ -1,0 +1,89 @@
+/* store/s3int.h (store internal): the S3 request engine under store/s3.c.
+ *
+ * One struct s3 per opened bucket: its endpoint, credentials and a pool of
+ * libcurl easy handles (connections kept alive and reused).  s3_do runs
+ * one request with its retries: connection errors, 5xx, 429 and SlowDown
+ * are retried with capped exponential backoff and jitter (Retry-After
+ * honoured), other 4xx never.  Every request is signed with SigV4 by
+ * libcurl, with the body's SHA-256 in x-amz-content-sha256.
+ */
+#ifndef STORE_S3INT_H
+#define STORE_S3INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#include "store/store.h"
+
+#define S3_MAX_HANDLES 64
+
+struct s3 {
+    char endpoint[512];           /* scheme://host[:port], no trailing '/' */
+    char bucket[64];
+    char prefix[STORE_KEY_MAX];   /* "" or "some/prefix/" */
+    char region[64];
+    bool path_style;
+    char access[128];
+    char secret[128];             /* never printed */
+    char token[2048];             /* session token, or "" */
+    char ca_file[512];
+    unsigned connections;
+    unsigned retries;             /* attempts after the first */
+    unsigned timeout;             /* seconds per request */
+    unsigned low_speed_time;      /* seconds below 1 KiB/s that end a request */
+    unsigned lock_days;           /* object lock retention of new objects, 0 none */
+    bool lock_compliance;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void *free_handles[S3_MAX_HANDLES];
+    unsigned nfree, nopen;
+    uint64_t retried;             /* requests retried, for reports */
+};
+
+/* The body of a PUT: from a file (pread at off) or from memory. */
+struct s3_body {
+    int fd;                       /* -1: mem */
+    const void *mem;
+    uint64_t len;
+    char sha256[65];              /* hex */
+    char md5[33];                 /* hex (compared with the ETag) */
+};
+
+struct s3_req {
+    const char *method;           /* GET, PUT, HEAD, DELETE */
+    const char *key;              /* the object's key below the prefix; NULL: the bucket */
+    const char *query;            /* "list-type=2&..." or NULL */
+    const struct s3_body *body;   /* PUT */
+    uint64_t range_off, range_len;  /* GET: range_len 0 = whole object */
+    void *out;                    /* GET into a fixed buffer of out_cap bytes ... */
+    size_t out_cap;
+    bool grow;                    /* ... or into a malloc'ed one (resp, resp_len) */
+    bool lock;                    /* PUT: with object lock retention */
+
+    /* Results. */
+    long status;
+    size_t out_len;
+    char *resp;                   /* grown body (free it) */
+    size_t resp_len;
+    uint64_t content_length;      /* HEAD */
+    char etag[80];
+    char code[64];                /* S3's error code */
+};
+
+int s3_init(struct s3 *s);        /* the handle pool */
+void s3_fini(struct s3 *s);
+/* 0 on 2xx; -1 with the error set naming the object, the status and S3's
+ * code ("403 SignatureDoesNotMatch"), errno ENOENT for 404, EACCES for
+ * 403, EIO otherwise. */
+int s3_do(struct s3 *s, struct s3_req *r);
+/* Hex MD5 and SHA-256 of a body (mem or file), filled into b. */
+int s3_body_hash(struct s3_body *b);
+/* Percent-encodes s (keeping '/' when keep_slash) into out. */
+int s3_encode(const char *s, bool keep_slash, char *out, size_t cap);
+/* The configuration, credentials and defaults from the environment. */
+int s3_configure(struct s3 *s, const char *url);
+
+#endif
