@@ -26,6 +26,9 @@ int agent_repo_init(const char *dir, uint32_t chunk_size);
 /* Where the catalog cache of a repository in a bucket lives (NULL:
  * $XDG_CACHE_HOME/nbdvault/<repository id>). */
 void agent_set_cache_dir(const char *dir);
+/* Rebuilds the catalog cache of a repository in a bucket from its
+ * manifests alone; *points: how many it holds. */
+int agent_catalog_rebuild(const char *url, unsigned *points);
 /* Whether the repository is in a bucket; requests retried so far. */
 bool agent_repo_remote(const struct agent_repo *r);
 uint64_t agent_repo_retries(const struct agent_repo *r);

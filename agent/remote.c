@@ -575,3 +575,49 @@ out:
     free(c.gone);
     return ret;
 }
+
+/* ---- Rebuilding -------------------------------------------------------------------- */
+
+static int count_point(void *opaque, const struct catalog_point *p)
+{
+    (*(unsigned *)opaque)++;
+    return 0;
+}
+
+int agent_catalog_rebuild(const char *url, unsigned *points)
+{
+    struct agent_repo tmp = { .dir = (char *)url };
+    char id[33], dir[PATH_MAX], path[PATH_MAX + 32];
+    uint32_t chunk;
+    int ret = -1;
+
+    *points = 0;
+    if (!store_is_remote_location(url)) {
+        error_set(EINVAL, "%s is a local repository: its catalog is the repository's own "
+                          "record, not a cache (check it with 'nbdvault verify')", url);
+        return -1;
+    }
+    if (!(tmp.store = store_open(url)))
+        return -1;
+    if (read_config(&tmp, id, &chunk) == 0 && cache_dir(id, dir, sizeof dir) == 0 &&
+        cache_claim(dir, id, url) == 0) {
+        static const char *const files[] = { "catalog.db", "catalog.db-wal", "catalog.db-shm" };
+        ret = 0;
+        for (size_t i = 0; i < 3 && ret == 0; i++) {
+            snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+            if (unlink(path) < 0 && errno != ENOENT) {
+                error_set(errno, "remove %s: %s", path, strerror(errno));
+                ret = -1;
+            }
+        }
+    }
+    store_close(tmp.store);
+    if (ret < 0)
+        return -1;
+    struct agent_repo *r = agent_repo_open(url, false);
+    if (!r)
+        return -1;
+    ret = catalog_point_list(r->cat, NULL, count_point, points);
+    agent_repo_close(r);
+    return ret;
+}

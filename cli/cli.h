@@ -35,6 +35,7 @@ int cli_prune(int argc, char **argv);
 int cli_gc(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_run(int argc, char **argv);
+int cli_catalog(int argc, char **argv);
 
 /* What one backup reads: an NBD export, a libvirt domain or a QMP socket
  * (`backup`'s options, or one section of `run`'s file). */

@@ -44,11 +44,25 @@ else
 fi
 
 # Heavy servers start once per suite: libvirtd (and virtlogd) when a
-# selected test says "# requires: libvirtd".
+# selected test says "# requires: libvirtd", Ceph RGW (S3) when one says
+# "# requires: rgw" (each test then makes buckets of its own).
+_stops=()
+stop_heavy() {
+    for s in "${_stops[@]}"; do eval "$s"; done
+}
+trap stop_heavy EXIT
 if grep -lq '^# requires: libvirtd' "${tests[@]}" 2>/dev/null; then
     "$here/../../scripts/libvirtd-test.sh" start --holder $$ ||
         { echo "run.sh: libvirtd could not be started" >&2; exit 1; }
-    trap '"$here/../../scripts/libvirtd-test.sh" stop --holder $$' EXIT
+    _stops+=("\"$here/../../scripts/libvirtd-test.sh\" stop --holder $$")
+fi
+if grep -lq '^# requires: rgw' "${tests[@]}" 2>/dev/null; then
+    export RGW_DIR=${RGW_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/nbdvault-rgw.XXXXXX")}
+    "$here/../../scripts/rgw-test.sh" start ||
+        { echo "run.sh: Ceph RGW could not be started" >&2; exit 1; }
+    _stops+=("\"$here/../../scripts/rgw-test.sh\" stop; rm -rf \"$RGW_DIR\"")
+    eval "$("$here/../../scripts/rgw-test.sh" env)"
+    export NBDVAULT_TEST_RGW=1
 fi
 
 passed=0

@@ -1,0 +1,124 @@
+#!/bin/bash
+# requires: rgw
+# A repository in a bucket (Ceph RGW, SigV4 checked): a full backup and an
+# incremental of a live qcow2 export restore bit-identically from the
+# bucket; two hosts (two caches) back up two disks into one bucket at once,
+# each sees the other's points, and content they share is stored once; a
+# catalog rebuilt on an empty cache restores every point and serves it;
+# wrong credentials, a missing bucket and a damaged manifest give clear
+# errors and exit 1, and no secret appears in any output.
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+. "$here/backup-lib.sh"
+. "$here/s3-lib.sh"
+requires qemu-nbd --version
+requires nbdcopy --version
+
+M=1048576
+bucket=$(s3_bucket main)
+repo=s3://$bucket/nightly
+run "$NBDVAULT" init --repo "$repo"
+expect_fail 1 "already holds a repository" "$NBDVAULT" init --repo "$repo"
+
+# A disk of random data with a hole, and its bitmap.
+head -c $((24 * M)) /dev/urandom > base.raw
+truncate -s $((40 * M)) base.raw
+qemu-img convert -q -f raw -O qcow2 base.raw disk.qcow2
+qemu-img bitmap --add disk.qcow2 b0
+cp base.raw ref-1.raw
+
+serve_disk disk.qcow2
+backup_json p1.json "$uri" --repo "$repo" --disk vm1 --bitmap b0
+[ "$(jget p1.json kind)" = full ] || fail "the first backup is not full"
+unserve
+qemu-img bitmap --clear disk.qcow2 b0
+head -c $((3 * M)) /dev/urandom > new.bin
+qemu-io -f qcow2 -c "write -s new.bin $((5 * M + 4096)) $((3 * M))" -c "write -z $((30 * M)) 1M" \
+        disk.qcow2 >/dev/null
+qemu-img convert -O raw disk.qcow2 ref-2.raw
+serve_disk disk.qcow2
+backup_json p2.json "$uri" --repo "$repo" --disk vm1 --bitmap b0
+[ "$(jget p2.json kind)" = incremental ] || fail "the second backup is not incremental"
+[ "$(jget p2.json bytes_read)" -le $((5 * M)) ] || fail "the incremental read more than the bitmap"
+unserve
+p1=$(jget p1.json point)
+p2=$(jget p2.json point)
+for p in 1 2; do
+    id=$(jget p$p.json point)
+    run "$NBDVAULT" restore --repo "$repo" --disk vm1 --point "$id" --output r.raw
+    cmp r.raw ref-$p.raw || fail "point $p restored from the bucket differs"
+done
+# The bucket holds the config, the packs and one manifest per point.
+s3_keys "$bucket" nightly/ > keys
+grep -qx nightly/config keys || fail "no config object"
+[ "$(grep -c '^nightly/points/' keys)" = 2 ] || fail "not one manifest per point"
+grep -q '^nightly/packs/.*\.pack$' keys || fail "no pack in the bucket"
+
+# ---- Two hosts, one bucket -------------------------------------------------
+head -c $((16 * M)) /dev/urandom > other.raw
+qemu-img convert -q -f raw -O qcow2 other.raw other.qcow2
+start_qemu_nbd o.sock -t -r -f qcow2 -x vm2 --shared=8 other.qcow2
+uri2="nbd+unix:///vm2?socket=$testdir/o.sock"
+start_qemu_nbd s.sock -t -r -f raw -x same --shared=8 ref-2.raw
+uri3="nbd+unix:///same?socket=$testdir/s.sock"
+# Host A backs up vm1 again while host B backs up vm2.
+serve_disk disk.qcow2
+XDG_CACHE_HOME=$testdir/host-a "$NBDVAULT" backup "$uri" --repo "$repo" --disk vm1 --bitmap b0 \
+    --json > a.json &
+a=$!
+XDG_CACHE_HOME=$testdir/host-b "$NBDVAULT" backup "$uri2" --repo "$repo" --disk vm2 --json > b.json &
+b=$!
+wait $a || fail "host A's backup failed"
+wait $b || fail "host B's backup failed"
+XDG_CACHE_HOME=$testdir/host-a "$NBDVAULT" list --repo "$repo" --json > la.json
+XDG_CACHE_HOME=$testdir/host-b "$NBDVAULT" list --repo "$repo" --json > lb.json
+for f in la.json lb.json; do
+    n=$("$PYTHON" -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' $f)
+    [ "$n" = 4 ] || fail "$f: $n points, wanted 4 (each host sees the other's)"
+done
+# Host B backs up a disk holding vm1's content: nothing new to store.
+XDG_CACHE_HOME=$testdir/host-b "$NBDVAULT" backup "$uri3" --repo "$repo" --disk copy --json > c.json
+[ "$(jget c.json chunks_new)" = 0 ] || fail "content already in the bucket was stored again"
+XDG_CACHE_HOME=$testdir/host-b run "$NBDVAULT" restore --repo "$repo" --disk vm2 --output r.raw
+cmp r.raw other.raw || fail "host B's point differs"
+XDG_CACHE_HOME=$testdir/host-a run "$NBDVAULT" restore --repo "$repo" --disk vm2 --output r.raw
+cmp r.raw other.raw || fail "host B's point restored by host A differs"
+
+# ---- An empty machine --------------------------------------------------------
+export XDG_CACHE_HOME=$testdir/new-machine
+run "$NBDVAULT" catalog rebuild --repo "$repo" | tee rebuild.out
+grep -q "5 restore point" rebuild.out || fail "the rebuilt catalog does not hold 5 points"
+for p in 1 2; do
+    run "$NBDVAULT" restore --repo "$repo" --disk vm1 --point "$(jget p$p.json point)" --output r.raw
+    cmp r.raw ref-$p.raw || fail "point $p restored on an empty machine differs"
+done
+run "$NBDVAULT" verify --repo "$repo"
+# A point served from the bucket alone.
+"$NBDVAULT" serve --repo "$repo" --socket "$testdir/srv.sock" &
+srv=$!
+cleanup_fn kill $srv
+for _ in $(seq 50); do [ -S srv.sock ] && break; sleep 0.1; done
+nbdcopy "nbd+unix:///vm1@$(jget p2.json point)?socket=$testdir/srv.sock" served.raw
+cmp served.raw ref-2.raw || fail "the served point differs"
+kill $srv
+
+# ---- Errors -------------------------------------------------------------------
+secret=$AWS_SECRET_ACCESS_KEY
+AWS_SECRET_ACCESS_KEY=wrong$secret expect_fail 1 "403 SignatureDoesNotMatch" \
+    "$NBDVAULT" list --repo "$repo"
+AWS_SECRET_ACCESS_KEY=wrong$secret expect_fail 1 "403 SignatureDoesNotMatch" \
+    "$NBDVAULT" restore --repo "$repo" --disk vm1 --output x.raw
+! grep -q "$secret" expect.out expect.err || fail "the secret appears in the output"
+[ ! -e x.raw ] || fail "a refused restore wrote its output"
+expect_fail 1 "NoSuchBucket" "$NBDVAULT" list --repo "s3://no-such-bucket-$RANDOM/x"
+expect_fail 1 "is not a repository" "$NBDVAULT" list --repo "s3://$bucket/elsewhere"
+env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY HOME=$testdir \
+    expect_fail 1 "no S3 credentials" "$NBDVAULT" list --repo "$repo"
+# A damaged manifest is named, on a machine that has not imported it yet.
+m=$(grep '^nightly/points/' keys | head -1)
+s3_get "$bucket" "$m" man
+"$PYTHON" -c 'import sys; b=bytearray(open("man","rb").read()); b[len(b)//2]^=1; open("man","wb").write(b)'
+s3_put "$bucket" "$m" man
+XDG_CACHE_HOME=$testdir/third expect_fail 1 "manifest s3://$bucket/$m is damaged" \
+    "$NBDVAULT" list --repo "$repo"
+echo OK
