@@ -33,7 +33,8 @@ s3_bucket ()
 # s3_keys BUCKET [PREFIX]: the keys under PREFIX, one per line.
 s3_keys ()
 {
-    s3_curl -f "$AWS_ENDPOINT_URL/$1?list-type=2&max-keys=1000&prefix=${2:-}" |
+    local prefix=${2:-}
+    s3_curl -f "$AWS_ENDPOINT_URL/$1?list-type=2&max-keys=1000&prefix=${prefix//\//%2F}" |
         "$PYTHON" -c 'import sys, xml.etree.ElementTree as E
 ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 for c in E.parse(sys.stdin).getroot().iter(ns + "Contents"):

@@ -101,6 +101,7 @@ for _ in $(seq 50); do [ -S srv.sock ] && break; sleep 0.1; done
 nbdcopy "nbd+unix:///vm1@$(jget p2.json point)?socket=$testdir/srv.sock" served.raw
 cmp served.raw ref-2.raw || fail "the served point differs"
 kill $srv
+wait $srv || true
 
 # ---- Errors -------------------------------------------------------------------
 secret=$AWS_SECRET_ACCESS_KEY
@@ -112,8 +113,8 @@ AWS_SECRET_ACCESS_KEY=wrong$secret expect_fail 1 "403 SignatureDoesNotMatch" \
 [ ! -e x.raw ] || fail "a refused restore wrote its output"
 expect_fail 1 "NoSuchBucket" "$NBDVAULT" list --repo "s3://no-such-bucket-$RANDOM/x"
 expect_fail 1 "is not a repository" "$NBDVAULT" list --repo "s3://$bucket/elsewhere"
-env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY HOME=$testdir \
-    expect_fail 1 "no S3 credentials" "$NBDVAULT" list --repo "$repo"
+expect_fail 1 "no S3 credentials" env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY \
+    HOME=$testdir "$NBDVAULT" list --repo "$repo"
 # A damaged manifest is named, on a machine that has not imported it yet.
 m=$(grep '^nightly/points/' keys | head -1)
 s3_get "$bucket" "$m" man
