@@ -156,6 +156,29 @@ int catalog_chunk_id(struct catalog *c, const uint8_t hash[CATALOG_HASH_LEN], in
     return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
+int cat_chunk_insert(struct catalog *c, int64_t pack_id, const struct catalog_chunk *ch, int64_t *id)
+{
+    sqlite3_stmt *st = cat_stmt(c, "INSERT INTO chunks(hash, pack_id, offset, stored_len, plain_len, "
+                                   "codec, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    int rc;
+
+    if (!st)
+        return -1;
+    sqlite3_bind_blob(st, 1, ch->hash, CATALOG_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, pack_id);
+    cat_bind_u64(st, 3, ch->offset);
+    sqlite3_bind_int64(st, 4, ch->stored_len);
+    sqlite3_bind_int64(st, 5, ch->plain_len);
+    sqlite3_bind_int(st, 6, ch->codec);
+    sqlite3_bind_int64(st, 7, ch->crc);
+    rc = cat_exec_stmt(c, st, "add chunk");
+    cat_done(c, st);
+    if (rc == -1)
+        return -1;
+    *id = sqlite3_last_insert_rowid(c->db);
+    return 0;
+}
+
 int catalog_pack_add(struct catalog *c, const char *pack_name, uint64_t pack_size,
                      const struct catalog_chunk *chunks, size_t n, int64_t *ids)
 {
@@ -179,22 +202,8 @@ int catalog_pack_add(struct catalog *c, const char *pack_name, uint64_t pack_siz
             goto fail;
         if (known)
             continue;
-        st = cat_stmt(c, "INSERT INTO chunks(hash, pack_id, offset, stored_len, plain_len, "
-                         "codec, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-        if (!st)
+        if (cat_chunk_insert(c, pack_id, ch, &ids[i]) == -1)
             goto fail;
-        sqlite3_bind_blob(st, 1, ch->hash, CATALOG_HASH_LEN, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, pack_id);
-        cat_bind_u64(st, 3, ch->offset);
-        sqlite3_bind_int64(st, 4, ch->stored_len);
-        sqlite3_bind_int64(st, 5, ch->plain_len);
-        sqlite3_bind_int(st, 6, ch->codec);
-        sqlite3_bind_int64(st, 7, ch->crc);
-        if (cat_exec_stmt(c, st, "add chunk") == -1)
-            goto fail;
-        cat_done(c, st);
-        st = NULL;
-        ids[i] = sqlite3_last_insert_rowid(c->db);
     }
     if (cat_commit(c) == -1)
         goto fail_prefix;

@@ -780,3 +780,20 @@ fail:
     free(buf);
     return -1;
 }
+
+int cat_id_by_text(struct catalog *c, const char *sql, const char *text, int64_t *id, const char *what)
+{
+    sqlite3_stmt *st = cat_stmt(c, sql);
+    int rc;
+
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *id = sqlite3_column_int64(st, 0);
+    else if (rc != SQLITE_DONE)
+        cat_fail(c, what);
+    cat_done(c, st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}

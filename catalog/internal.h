@@ -99,5 +99,11 @@ void cat_release_locks(struct catalog *c);
 #define CAT_CHUNK_COLUMNS \
     "ch.id, ch.hash, ch.pack_id, pk.name, ch.offset, ch.stored_len, ch.plain_len, ch.codec, ch.crc"
 void cat_chunk_from_row(sqlite3_stmt *st, struct catalog_chunk *ch);
+/* Inserts a chunk row at ch's location in pack_id (the caller knows the
+ * hash is new); *id gets its id. */
+int cat_chunk_insert(struct catalog *c, int64_t pack_id, const struct catalog_chunk *ch, int64_t *id);
+/* Runs a one-row query of one integer with one text parameter: 1 found
+ * (*id set), 0 none, -1 error (what: for the message). */
+int cat_id_by_text(struct catalog *c, const char *sql, const char *text, int64_t *id, const char *what);
 
 #endif

@@ -67,19 +67,7 @@ static int point_one(struct catalog *c, sqlite3_stmt *st, struct catalog_point *
 
 int catalog_disk_find(struct catalog *c, const char *name, int64_t *id)
 {
-    sqlite3_stmt *st = cat_stmt(c, "SELECT id FROM disks WHERE name = ?1");
-    int rc;
-
-    if (!st)
-        return -1;
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *id = sqlite3_column_int64(st, 0);
-    else if (rc != SQLITE_DONE)
-        cat_fail(c, "find disk");
-    cat_done(c, st);
-    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+    return cat_id_by_text(c, "SELECT id FROM disks WHERE name = ?1", name, id, "find disk");
 }
 
 int64_t catalog_disk_add(struct catalog *c, const char *name)

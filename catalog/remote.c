@@ -128,20 +128,11 @@ int catalog_point_own(struct catalog *c, int64_t id,
 
 int catalog_pack_ensure(struct catalog *c, const char *name, uint64_t size, int64_t *id)
 {
-    sqlite3_stmt *st = cat_stmt(c, "SELECT id FROM packs WHERE name = ?1");
-    int rc;
+    sqlite3_stmt *st;
+    int rc = cat_id_by_text(c, "SELECT id FROM packs WHERE name = ?1", name, id, "find pack");
 
-    if (!st)
-        return -1;
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *id = sqlite3_column_int64(st, 0);
-    else if (rc != SQLITE_DONE)
-        cat_fail(c, "find pack");
-    cat_done(c, st);
-    if (rc != SQLITE_DONE)
-        return rc == SQLITE_ROW ? 0 : -1;
+    if (rc != 0)
+        return rc < 0 ? -1 : 0;
     if (!(st = cat_stmt(c, "INSERT INTO packs(name, size, location, uploaded) VALUES (?1, ?2, 'remote', 1)")))
         return -1;
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -158,28 +149,10 @@ int catalog_chunk_import(struct catalog *c, int64_t pack_id, const struct catalo
                          int64_t *id)
 {
     int known = catalog_chunk_id(c, ch->hash, id);
-    sqlite3_stmt *st;
-    int rc;
 
     if (known != 0)
         return known < 0 ? -1 : 0;
-    st = cat_stmt(c, "INSERT INTO chunks(hash, pack_id, offset, stored_len, plain_len, codec, crc) "
-                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-    if (!st)
-        return -1;
-    sqlite3_bind_blob(st, 1, ch->hash, CATALOG_HASH_LEN, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, pack_id);
-    cat_bind_u64(st, 3, ch->offset);
-    sqlite3_bind_int64(st, 4, ch->stored_len);
-    sqlite3_bind_int64(st, 5, ch->plain_len);
-    sqlite3_bind_int(st, 6, ch->codec);
-    sqlite3_bind_int64(st, 7, ch->crc);
-    rc = cat_exec_stmt(c, st, "add chunk");
-    cat_done(c, st);
-    if (rc < 0)
-        return -1;
-    *id = sqlite3_last_insert_rowid(c->db);
-    return 0;
+    return cat_chunk_insert(c, pack_id, ch, id);
 }
 
 /* An existing point back to 'running' with its new parent and kind, its
