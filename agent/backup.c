@@ -545,6 +545,22 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
     }
     if (broken[0])
         warn(o, broken);
+    /* In a bucket: a shared lock (no prune or gc meanwhile, on any host),
+     * then the cache brought up to date under it. */
+    struct remote_lock *rl = NULL;
+    if (r->remote) {
+        char what[320];
+        snprintf(what, sizeof what, "backup of %s", o->disk);
+        if (!(rl = remote_lock(r, false, what, o->warn, o->opaque)) || remote_sync(r) < 0) {
+            struct error_saved e;
+            error_save(&e);
+            remote_unlock(rl);
+            catalog_unlock(r->cat, lockname);
+            free(b);
+            error_restore(&e);
+            return -1;
+        }
+    }
 
     if (connect_source(b) == 0 && begin_point(b, t0) == 0 && start_pipeline(b) == 0 &&
         read_all(b, res) == 0 && commit_point(b, res, t0) == 0)
@@ -553,6 +569,7 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
 
     struct error_saved e;
     error_save(&e);
+    remote_unlock(rl);
     catalog_unlock(r->cat, lockname);
     error_restore(&e);
     return ret;

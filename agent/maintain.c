@@ -9,6 +9,7 @@
 
 #include "agent/internal.h"
 #include "agent/pack.h"
+#include "agent/remote.h"
 #include "common/error.h"
 #include "common/vec.h"
 
@@ -228,6 +229,7 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
     struct pvec v = { 0 };
     char lockname[300], broken[512] = "";
     bool locked = false;
+    struct remote_lock *rl = NULL;
     int ret = -1;
 
     memset(res, 0, sizeof *res);
@@ -245,6 +247,13 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
         locked = true;
         if (broken[0] && o->warn)
             o->warn(o->opaque, broken);
+        /* In a bucket: exclusive against every host's backups and gc. */
+        if (r->remote) {
+            char what[320];
+            snprintf(what, sizeof what, "prune of %s", o->disk);
+            if (!(rl = remote_lock(r, true, what, o->warn, o->opaque)) || remote_sync(r) < 0)
+                goto out;
+        }
     }
     if (agent_list(r, o->disk, collect_pinfo, &v) < 0)
         goto out;
@@ -315,11 +324,16 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
             goto out;
         res->removed += in_batch;
     }
+    /* The bucket told: children's manifests rewritten, then the removed
+     * points' deleted (a kill before this leaves it to the next command). */
+    if (r->remote && !o->dry_run && remote_flush(r) < 0)
+        goto out;
     ret = 0;
 out:
     if (locked) {
         struct error_saved e;
         error_save(&e);
+        remote_unlock(rl);
         catalog_unlock(r->cat, lockname);
         if (ret < 0)
             error_restore(&e);
@@ -495,6 +509,12 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
         return -1;
     if (broken[0])
         gc_note(&g, "%s", broken);
+    /* In a bucket: exclusive against every host's backups (a running one
+     * may reference packs no manifest names yet), then the cache brought
+     * up to date under the lock. */
+    struct remote_lock *rl = NULL;
+    if (r->remote && (!(rl = remote_lock(r, true, "gc", o->note, o->opaque)) || remote_sync(r) < 0))
+        goto out;
 
     /* 1. Chunks no point references any more. */
     if (catalog_chunks_unreferenced(r->cat, !o->dry_run, count_chunk, &g) < 0)
@@ -511,7 +531,9 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
             if (!o->dry_run && (catalog_pack_delete(r->cat, g.packs[i].id) < 0 ||
                                 pack_remove(r->store, g.packs[i].name) < 0))
                 goto out;
-        } else if ((double)dead_bytes(&g, i) > below * (double)g.packs[i].size) {
+        } else if (!r->remote && (double)dead_bytes(&g, i) > below * (double)g.packs[i].size) {
+            /* In a bucket, packs are not rewritten: the manifests of every
+             * point using them name their chunks' locations. */
             if (o->dry_run) {
                 res->packs_rewritten++;
                 gc_note(&g, "would rewrite pack %s (%llu of %llu bytes in use)", g.packs[i].name,
@@ -528,6 +550,7 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
 out:;
     struct error_saved e;
     error_save(&e);
+    remote_unlock(rl);
     catalog_unlock(r->cat, "gc");
     if (ret < 0)
         error_restore(&e);

@@ -16,6 +16,7 @@
 
 #include "agent/internal.h"
 #include "agent/manifest.h"
+#include "agent/pack.h"
 #include "agent/remote.h"
 #include "common/error.h"
 #include "common/vec.h"
@@ -306,18 +307,22 @@ static void key_of(const char *uid, unsigned gen, char *out, size_t cap)
     snprintf(out, cap, POINTS "%s.%06u", uid, gen);
 }
 
-int remote_publish(struct agent_repo *r, const struct catalog_point *p)
+/* Writes points/UID.GEN for point p as the cache holds it. */
+static int put_manifest(struct agent_repo *r, const struct catalog_point *p, const char *uid,
+                        unsigned gen)
 {
     struct manifest m = { 0 };
     struct build b = { r->cat, &m, { 0 }, { 0 } };
-    struct catalog_remote rem = { .point_id = p->id, .gen = 1 }, parent;
-    char key[STORE_KEY_MAX], stamp[32];
+    struct catalog_remote parent;
+    char key[STORE_KEY_MAX];
     void *obj = NULL;
     size_t len;
     int ret = -1;
 
     m.pt = *p;
     m.chunk_size = r->chunk_size;
+    m.gen = gen;
+    snprintf(m.uid, sizeof m.uid, "%s", uid);
     gethostname(m.host, sizeof m.host - 1);
     if (p->parent) {
         int f = catalog_remote_get(r->cat, p->parent, &parent);
@@ -328,33 +333,11 @@ int remote_publish(struct agent_repo *r, const struct catalog_point *p)
         }
         snprintf(m.parent_uid, sizeof m.parent_uid, "%s", parent.uid);
     }
-    /* A uid sorts by the point's start: parents list before children. */
-    time_t t = (time_t)p->started;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
-    char rnd[17];
-    if (random_hex(rnd, 8) < 0)
-        goto out;
-    snprintf(rem.uid, sizeof rem.uid, "%.16s-%.16s", stamp, rnd);
-    snprintf(m.uid, sizeof m.uid, "%s", rem.uid);
-    m.gen = rem.gen;
-    if (catalog_point_own(r->cat, p->id, build_run, &b) < 0 || manifest_encode(&m, &obj, &len) < 0)
-        goto out;
-    key_of(rem.uid, rem.gen, key, sizeof key);
-    if (store_put_all(r->store, key, obj, len) < 0)
-        goto out;
-    if (catalog_remote_set(r->cat, &rem) < 0) {
-        struct error_saved e;
-        error_save(&e);
-        (void)store_remove(r->store, key);
-        error_restore(&e);
-        goto out;
-    }
-    ret = 0;
+    key_of(uid, gen, key, sizeof key);
+    if (catalog_point_own(r->cat, p->id, build_run, &b) == 0 && manifest_encode(&m, &obj, &len) == 0 &&
+        store_put_all(r->store, key, obj, len) == 0)
+        ret = 0;
 out:
-    if (ret < 0)
-        error_prefix("publish point: ");
     free(obj);
     free(b.chunks.keys);
     free(b.chunks.vals);
@@ -362,6 +345,99 @@ out:
     free(b.packs.vals);
     manifest_free(&m);
     return ret;
+}
+
+int remote_publish(struct agent_repo *r, const struct catalog_point *p)
+{
+    struct catalog_remote rem = { .point_id = p->id, .gen = 1 };
+    char key[STORE_KEY_MAX], stamp[32], rnd[17];
+    time_t t = (time_t)p->started;
+    struct tm tm;
+
+    /* A uid sorts by the point's start: parents list before children. */
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    if (random_hex(rnd, 8) < 0)
+        goto fail;
+    snprintf(rem.uid, sizeof rem.uid, "%.16s-%.16s", stamp, rnd);
+    if (put_manifest(r, p, rem.uid, rem.gen) < 0)
+        goto fail;
+    if (catalog_remote_set(r->cat, &rem) < 0) {
+        struct error_saved e;
+        error_save(&e);
+        key_of(rem.uid, rem.gen, key, sizeof key);
+        (void)store_remove(r->store, key);
+        error_restore(&e);
+        goto fail;
+    }
+    return 0;
+fail:
+    error_prefix("publish point: ");
+    return -1;
+}
+
+/* ---- Telling the bucket what changed here ---------------------------------------- */
+
+struct gens {
+    struct agent_repo *r;
+    unsigned keep;                /* the generation to keep, 0: none */
+};
+
+static int remove_gen(void *opaque, const char *key, uint64_t size, bool partial)
+{
+    struct gens *g = opaque;
+    const char *dot = strrchr(key, '.');
+
+    if (dot && strtoul(dot + 1, NULL, 10) == g->keep)
+        return 0;
+    return store_remove(g->r->store, key) < 0 && error_errno() != ENOENT ? -1 : 0;
+}
+
+/* Removes the manifests of uid except generation keep. */
+static int remove_gens(struct agent_repo *r, const char *uid, unsigned keep)
+{
+    char prefix[STORE_KEY_MAX];
+    struct gens g = { r, keep };
+
+    snprintf(prefix, sizeof prefix, POINTS "%s.", uid);
+    return store_list(r->store, prefix, remove_gen, &g);
+}
+
+static int flush_dirty(void *opaque, const struct catalog_remote *rem)
+{
+    struct agent_repo *r = opaque;
+    struct catalog_point p;
+    struct catalog_remote next = *rem;
+
+    if (catalog_point_get(r->cat, rem->point_id, &p) != 1)
+        return -1;
+    next.gen = rem->gen + 1;
+    if (put_manifest(r, &p, rem->uid, next.gen) < 0 || catalog_remote_set(r->cat, &next) < 0 ||
+        remove_gens(r, rem->uid, next.gen) < 0) {
+        error_prefix("rewrite the manifest of point %lld: ", (long long)rem->point_id);
+        return -1;
+    }
+    return 0;
+}
+
+static int flush_gone(void *opaque, const struct catalog_remote *rem)
+{
+    struct agent_repo *r = opaque;
+
+    if (remove_gens(r, rem->uid, 0) < 0 || catalog_remote_gone_done(r->cat, rem->uid) < 0) {
+        error_prefix("remove the manifest of %s: ", rem->uid);
+        return -1;
+    }
+    return 0;
+}
+
+/* Children rewritten first, so that no manifest names a parent that is
+ * gone, then the removed points' manifests deleted. */
+int remote_flush(struct agent_repo *r)
+{
+    if (catalog_remote_dirty(r->cat, flush_dirty, r) < 0 || catalog_remote_gone(r->cat, flush_gone, r) < 0)
+        return -1;
+    return 0;
 }
 
 /* ---- Syncing --------------------------------------------------------------------- */
@@ -537,6 +613,51 @@ static int import_all(struct agent_repo *r, struct listing *l)
     return -1;
 }
 
+struct packset {
+    char (*name)[80];
+    size_t n, cap;
+    struct agent_repo *r;
+};
+
+static int list_pack(void *opaque, const char *name, bool is_temp)
+{
+    struct packset *ps = opaque;
+    if (is_temp)
+        return 0;
+    if (VEC_RESERVE(ps->name, ps->n, ps->cap, 256) < 0)
+        return -1;
+    snprintf(ps->name[ps->n++], sizeof *ps->name, "%s", name);
+    return 0;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static int forget_if_lost(void *opaque, const struct catalog_pack *p)
+{
+    struct packset *ps = opaque;
+    if (bsearch(p->name, ps->name, ps->n, sizeof *ps->name, by_name))
+        return 0;
+    return catalog_pack_forget(ps->r->cat, p->id);
+}
+
+/* Chunks of packs the bucket no longer has (another machine's gc removed
+ * them) must not be found by a backup's dedup here. */
+static int forget_lost_packs(struct agent_repo *r)
+{
+    struct packset ps = { .r = r };
+    int ret = pack_list_files(r->store, list_pack, &ps);
+
+    if (ret == 0) {
+        qsort(ps.name, ps.n, sizeof *ps.name, by_name);
+        ret = catalog_pack_list(r->cat, forget_if_lost, &ps);
+    }
+    free(ps.name);
+    return ret;
+}
+
 static int by_point_desc(const void *a, const void *b)
 {
     const struct catalog_remote *x = a, *y = b;
@@ -558,7 +679,7 @@ int remote_sync(struct agent_repo *r)
             close(fd);
         return -1;
     }
-    if (store_list(r->store, POINTS, list_point, &l) < 0 ||
+    if (remote_flush(r) < 0 || store_list(r->store, POINTS, list_point, &l) < 0 ||
         catalog_remote_list(r->cat, note_cached, &c) < 0 || import_all(r, &l) < 0)
         goto out;
     /* Newest first, so that a child goes before its parent. */
@@ -566,7 +687,7 @@ int remote_sync(struct agent_repo *r)
     for (size_t i = 0; i < c.ngone; i++)
         if (catalog_point_drop(r->cat, c.gone[i].point_id) < 0)
             goto out;
-    ret = 0;
+    ret = forget_lost_packs(r);
 out:
     if (ret < 0)
         error_prefix("bring the cache of %s up to date: ", r->dir);

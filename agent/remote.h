@@ -16,6 +16,7 @@
 
 struct agent_repo;
 struct catalog_point;
+struct store;
 
 /* Writes the config object of a new repository (EEXIST when one is there). */
 int remote_init(struct store *st, const char *url, uint32_t chunk_size);
@@ -28,5 +29,22 @@ int remote_sync(struct agent_repo *r);
 /* Writes the manifest of a running point (its fields in p, disk name
  * included) and records its remote row: after this the point may commit. */
 int remote_publish(struct agent_repo *r, const struct catalog_point *p);
+
+/* Sends what changed here to the bucket: rewritten manifests of points
+ * whose map a prune changed, then the removal of the points it removed
+ * (both recorded in the catalog by the prune's own transaction, so that a
+ * killed prune is finished by the next command). */
+int remote_flush(struct agent_repo *r);
+
+/* A lock object in the bucket (agent/remote-lock.c): shared for a backup,
+ * exclusive for prune and gc.  NULL with EBUSY naming the holder (what,
+ * host, pid, time) when a live conflicting lock is there; a lock not
+ * refreshed for 30 minutes is stale and broken with a warning.  Held locks
+ * are refreshed every 5 minutes by a thread of their own. */
+struct remote_lock;
+#include "agent/agent.h"
+struct remote_lock *remote_lock(struct agent_repo *r, bool exclusive, const char *what,
+                                agent_warn_fn warn, void *opaque);
+void remote_unlock(struct remote_lock *l);   /* accepts NULL */
 
 #endif

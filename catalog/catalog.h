@@ -212,6 +212,14 @@ int catalog_remote_set(struct catalog *c, const struct catalog_remote *r);
 /* Every remote row (read first: fn may change the catalog). */
 int catalog_remote_list(struct catalog *c, int (*fn)(void *opaque, const struct catalog_remote *r),
                         void *opaque);
+/* The rows whose point changed here since it was published (dirty), and
+ * the uids of points removed here whose manifests may still be in the
+ * bucket (point_id and gen 0); catalog_remote_gone_done forgets one. */
+int catalog_remote_dirty(struct catalog *c, int (*fn)(void *opaque, const struct catalog_remote *r),
+                         void *opaque);
+int catalog_remote_gone(struct catalog *c, int (*fn)(void *opaque, const struct catalog_remote *r),
+                        void *opaque);
+int catalog_remote_gone_done(struct catalog *c, const char *uid);
 /* The runs a point itself recorded (not its parents'), in cell order, each
  * with its chunk (NULL for a zero run). */
 int catalog_point_own(struct catalog *c, int64_t id,
@@ -233,6 +241,9 @@ int catalog_chunk_import(struct catalog *c, int64_t pack_id, const struct catalo
 int64_t catalog_point_import(struct catalog *c, const struct catalog_point *p,
                              const struct catalog_run *runs, size_t n,
                              const struct catalog_remote *rem);
+/* A pack the bucket lost: its chunks no cell uses are forgotten (and the
+ * pack with them when none is left). */
+int catalog_pack_forget(struct catalog *c, int64_t pack_id);
 /* Deletes a point with its cells and remote row, merging nothing (its
  * manifest is gone from the bucket); it must have no child. */
 int catalog_point_drop(struct catalog *c, int64_t id);

@@ -145,13 +145,26 @@ static const char SCHEMA_V3[] =
     "ALTER TABLE points ADD COLUMN full_reason TEXT NOT NULL DEFAULT '';";
 
 /* Version 4: a repository on an object store keeps in its catalog (a
- * cache of the bucket) which manifest each point came from or went to. */
+ * cache of the bucket) which manifest each point came from or went to,
+ * and what the bucket still has to be told: points whose map changed here
+ * (a prune merged their parent into them: dirty) and points removed here
+ * (remote_gone), both set by triggers in the transaction that changed
+ * them, and sent by the next command that reaches the bucket. */
 static const char SCHEMA_V4[] =
     "CREATE TABLE remote_points ("
     "  point_id INTEGER PRIMARY KEY REFERENCES points(id) ON DELETE CASCADE,"
     "  uid      TEXT NOT NULL UNIQUE,"
-    "  gen      INTEGER NOT NULL"
-    ");";
+    "  gen      INTEGER NOT NULL,"
+    "  dirty    INTEGER NOT NULL DEFAULT 0"
+    ");"
+    "CREATE TABLE remote_gone ("
+    "  uid TEXT PRIMARY KEY"
+    ") WITHOUT ROWID;"
+    "CREATE TRIGGER remote_point_changed AFTER UPDATE OF parent_id, kind ON points "
+    "  BEGIN UPDATE remote_points SET dirty = 1 WHERE point_id = NEW.id; END;"
+    "CREATE TRIGGER remote_point_removed BEFORE DELETE ON points "
+    "  BEGIN INSERT OR IGNORE INTO remote_gone(uid) "
+    "    SELECT uid FROM remote_points WHERE point_id = OLD.id; END;";
 
 struct migration {
     const char *sql;

@@ -37,8 +37,8 @@ int catalog_remote_get(struct catalog *c, int64_t point_id, struct catalog_remot
 
 int catalog_remote_set(struct catalog *c, const struct catalog_remote *r)
 {
-    sqlite3_stmt *st = cat_stmt(c, "INSERT OR REPLACE INTO remote_points(point_id, uid, gen) "
-                                   "VALUES (?1, ?2, ?3)");
+    sqlite3_stmt *st = cat_stmt(c, "INSERT OR REPLACE INTO remote_points(point_id, uid, gen, dirty) "
+                                   "VALUES (?1, ?2, ?3, 0)");
     int ret;
 
     if (!st)
@@ -51,10 +51,10 @@ int catalog_remote_set(struct catalog *c, const struct catalog_remote *r)
     return ret;
 }
 
-int catalog_remote_list(struct catalog *c, int (*fn)(void *opaque, const struct catalog_remote *r),
-                        void *opaque)
+static int remote_rows(struct catalog *c, const char *sql,
+                       int (*fn)(void *opaque, const struct catalog_remote *r), void *opaque)
 {
-    sqlite3_stmt *st = cat_stmt(c, "SELECT point_id, uid, gen FROM remote_points ORDER BY point_id");
+    sqlite3_stmt *st = cat_stmt(c, sql);
     struct catalog_remote *v = NULL;
     size_t n = 0, cap = 0;
     int rc, ret = -1;
@@ -155,6 +155,38 @@ int catalog_chunk_import(struct catalog *c, int64_t pack_id, const struct catalo
     return cat_chunk_insert(c, pack_id, ch, id);
 }
 
+int catalog_remote_list(struct catalog *c, int (*fn)(void *opaque, const struct catalog_remote *r),
+                        void *opaque)
+{
+    return remote_rows(c, "SELECT point_id, uid, gen FROM remote_points ORDER BY point_id", fn, opaque);
+}
+
+int catalog_remote_dirty(struct catalog *c, int (*fn)(void *opaque, const struct catalog_remote *r),
+                         void *opaque)
+{
+    return remote_rows(c, "SELECT point_id, uid, gen FROM remote_points WHERE dirty ORDER BY point_id",
+                       fn, opaque);
+}
+
+int catalog_remote_gone(struct catalog *c, int (*fn)(void *opaque, const struct catalog_remote *r),
+                        void *opaque)
+{
+    return remote_rows(c, "SELECT 0, uid, 0 FROM remote_gone ORDER BY uid", fn, opaque);
+}
+
+int catalog_remote_gone_done(struct catalog *c, const char *uid)
+{
+    sqlite3_stmt *st = cat_stmt(c, "DELETE FROM remote_gone WHERE uid = ?1");
+    int ret;
+
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, uid, -1, SQLITE_STATIC);
+    ret = cat_exec_stmt(c, st, "forget a removed point");
+    cat_done(c, st);
+    return ret;
+}
+
 /* An existing point back to 'running' with its new parent and kind, its
  * runs gone (then added again). */
 static int reopen_point(struct catalog *c, const struct catalog_point *p)
@@ -212,7 +244,14 @@ int catalog_point_drop(struct catalog *c, int64_t id)
 
     if (cat_begin(c) == -1)
         return -1;
-    if (!(st = cat_stmt(c, "DELETE FROM points WHERE id = ?1")))
+    /* Its manifest is gone already: the row goes first, so that the
+     * trigger does not ask for the manifest's removal. */
+    if (!(st = cat_stmt(c, "DELETE FROM remote_points WHERE point_id = ?1")))
+        goto fail;
+    sqlite3_bind_int64(st, 1, id);
+    rc = cat_exec_stmt(c, st, "drop point");
+    cat_done(c, st);
+    if (rc < 0 || !(st = cat_stmt(c, "DELETE FROM points WHERE id = ?1")))
         goto fail;
     sqlite3_bind_int64(st, 1, id);
     rc = sqlite3_step(st);
@@ -249,4 +288,31 @@ int catalog_pack_size(struct catalog *c, int64_t pack_id, uint64_t *size)
         cat_fail(c, "pack size");
     cat_done(c, st);
     return rc == SQLITE_ROW ? 0 : -1;
+}
+
+int catalog_pack_forget(struct catalog *c, int64_t pack_id)
+{
+    sqlite3_stmt *st;
+    int rc;
+
+    if (cat_begin(c) == -1)
+        return -1;
+    if (!(st = cat_stmt(c, "DELETE FROM chunks WHERE pack_id = ?1 AND id NOT IN "
+                           "(SELECT chunk_id FROM cells WHERE chunk_id IS NOT NULL)")))
+        goto fail;
+    sqlite3_bind_int64(st, 1, pack_id);
+    rc = cat_exec_stmt(c, st, "forget a lost pack");
+    cat_done(c, st);
+    if (rc < 0 || !(st = cat_stmt(c, "DELETE FROM packs WHERE id = ?1 AND NOT EXISTS "
+                                     "(SELECT 1 FROM chunks WHERE pack_id = ?1)")))
+        goto fail;
+    sqlite3_bind_int64(st, 1, pack_id);
+    rc = cat_exec_stmt(c, st, "forget a lost pack");
+    cat_done(c, st);
+    if (rc < 0)
+        goto fail;
+    return cat_commit(c);
+fail:
+    cat_rollback(c);
+    return -1;
 }
