@@ -468,15 +468,10 @@ static int commit_point(struct backup *b, struct agent_backup_result *res, doubl
     b->np.bytes_stored = st.bytes_stored;
     b->np.chunks_new = st.chunks_new;
     b->np.chunks_reused = st.chunks_reused;
+    b->np.id = b->point;
+    snprintf(b->np.disk, sizeof b->np.disk, "%s", b->o->disk);
     if (session_commit(b->session, &b->np) < 0)
         return -1;
-    if (b->repo->remote) {
-        /* The manifest goes to the bucket, then the point is complete. */
-        b->np.id = b->point;
-        snprintf(b->np.disk, sizeof b->np.disk, "%s", b->o->disk);
-        if (remote_publish(b->repo, &b->np) < 0 || catalog_point_commit(b->repo->cat, &b->np) < 0)
-            return -1;
-    }
     agent_progress_report(&b->progress, b->read_bytes, b->planned, 1);
     res->point = b->point;
     res->parent = b->np.parent;
@@ -545,21 +540,14 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
     }
     if (broken[0])
         warn(o, broken);
-    /* In a bucket: a shared lock (no prune or gc meanwhile, on any host),
-     * then the cache brought up to date under it. */
     struct remote_lock *rl = NULL;
-    if (r->remote) {
-        char what[320];
-        snprintf(what, sizeof what, "backup of %s", o->disk);
-        if (!(rl = remote_lock(r, false, what, o->warn, o->opaque)) || remote_sync(r) < 0) {
-            struct error_saved e;
-            error_save(&e);
-            remote_unlock(rl);
-            catalog_unlock(r->cat, lockname);
-            free(b);
-            error_restore(&e);
-            return -1;
-        }
+    if (r->remote && agent_bucket_lock(r, false, o->disk, o->warn, o->opaque, &rl) < 0) {
+        struct error_saved e;
+        error_save(&e);
+        catalog_unlock(r->cat, lockname);
+        free(b);
+        error_restore(&e);
+        return -1;
     }
 
     if (connect_source(b) == 0 && begin_point(b, t0) == 0 && start_pipeline(b) == 0 &&

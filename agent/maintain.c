@@ -248,12 +248,8 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
         if (broken[0] && o->warn)
             o->warn(o->opaque, broken);
         /* In a bucket: exclusive against every host's backups and gc. */
-        if (r->remote) {
-            char what[320];
-            snprintf(what, sizeof what, "prune of %s", o->disk);
-            if (!(rl = remote_lock(r, true, what, o->warn, o->opaque)) || remote_sync(r) < 0)
-                goto out;
-        }
+        if (r->remote && agent_bucket_lock(r, true, o->disk, o->warn, o->opaque, &rl) < 0)
+            goto out;
     }
     if (agent_list(r, o->disk, collect_pinfo, &v) < 0)
         goto out;
@@ -513,7 +509,7 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
      * may reference packs no manifest names yet), then the cache brought
      * up to date under the lock. */
     struct remote_lock *rl = NULL;
-    if (r->remote && (!(rl = remote_lock(r, true, "gc", o->note, o->opaque)) || remote_sync(r) < 0))
+    if (r->remote && agent_bucket_lock(r, true, NULL, o->note, o->opaque, &rl) < 0)
         goto out;
 
     /* 1. Chunks no point references any more. */

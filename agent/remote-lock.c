@@ -222,3 +222,26 @@ void remote_unlock(struct remote_lock *l)
     pthread_cond_destroy(&l->cv);
     free(l);
 }
+
+int agent_bucket_lock(struct agent_repo *r, bool exclusive, const char *disk, agent_warn_fn warn,
+                      void *opaque, struct remote_lock **out)
+{
+    char what[320];
+
+    if (disk)
+        snprintf(what, sizeof what, "%s of %s", exclusive ? "prune" : "backup", disk);
+    else
+        snprintf(what, sizeof what, "%s", exclusive ? "gc" : "backup");
+    *out = NULL;
+    if (!(*out = remote_lock(r, exclusive, what, warn, opaque)))
+        return -1;
+    if (remote_sync(r) < 0) {
+        struct error_saved e;
+        error_save(&e);
+        remote_unlock(*out);
+        *out = NULL;
+        error_restore(&e);
+        return -1;
+    }
+    return 0;
+}

@@ -14,6 +14,7 @@
 #include "agent/chunk.h"
 #include "agent/internal.h"
 #include "agent/pack.h"
+#include "agent/remote.h"
 #include "agent/session.h"
 #include "catalog/catalog.h"
 #include "common/error.h"
@@ -482,6 +483,13 @@ int session_commit(struct session *s, const struct catalog_point *final)
     if (!s->committed) {
         error_set(EIO, "internal error: the point was not committed");
         return -1;
+    }
+    if (s->o.keep_running) {
+        /* A bucket's point: its manifest goes to the bucket, then the
+         * point is complete. */
+        struct agent_repo *r = s->o.repo;
+        if (remote_publish(r, final) < 0 || catalog_point_commit(r->cat, final) < 0)
+            return -1;
     }
     return 0;
 }

@@ -31,9 +31,10 @@ struct session_opts {
     int64_t point;                /* the running point the rows belong to */
     bool full;                    /* no parent: every cell is recorded */
     int level;                    /* zstd level */
-    bool keep_running;            /* session_commit records the figures, the
-                                   * point stays 'running' (a bucket's point
-                                   * commits once its manifest is written) */
+    bool keep_running;            /* a bucket's repository: the committer
+                                   * records the figures and the point stays
+                                   * 'running' until session_commit has
+                                   * written its manifest */
     struct latch *latch;          /* the backup's first error */
 };
 
@@ -72,8 +73,9 @@ int session_put_zero(struct session *s, uint64_t cell, int64_t prev);
 void session_stats(struct session *s, struct session_stats *st);
 
 /* After the last put (every worker done): records what is left and the
- * point (final, with its id and figures) in one transaction.  0 once the
- * point is complete, else -1 with the error set. */
+ * point (final, with its id, disk name and figures) in one transaction
+ * (with keep_running: then writes its manifest and completes it).  0 once
+ * the point is complete, else -1 with the error set. */
 int session_commit(struct session *s, const struct catalog_point *final);
 
 #endif
