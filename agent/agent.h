@@ -258,4 +258,22 @@ struct agent_gc_result {
 
 int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_gc_result *res);
 
+/* Copies restore points to another repository (a bucket, typically):
+ * those the target lacks (same disk and start time), uploading only
+ * chunks it lacks; interrupted, a rerun copies only what is missing. */
+struct agent_copy_opts {
+    const char *to;               /* the target repository */
+    const char *disk;             /* NULL: every disk */
+    int64_t point;                /* 0: every point (of disk) */
+    int compress_level;           /* 0: the default */
+    agent_warn_fn warn;           /* "copied point N ...", stale locks */
+    void *opaque;
+};
+struct agent_copy_result {
+    unsigned copied, skipped;
+    uint64_t bytes_read, bytes_stored, chunks_new, chunks_reused;
+    double seconds;
+};
+int agent_copy(struct agent_repo *src, const struct agent_copy_opts *o, struct agent_copy_result *res);
+
 #endif

@@ -351,6 +351,17 @@ int cli_backup(int argc, char **argv)
     ret = cli_backup_source(r, &s, json, arr, "backup") < 0 ? CLI_EXIT_FAIL : CLI_EXIT_OK;
     if (arr)
         cli_print_json(arr);
+    /* copy-to: the new points leave the host right after they commit (the
+     * copy's summary on stderr, so that --json stays one document). */
+    if (ret == CLI_EXIT_OK && cfg.copy_to) {
+        struct agent_copy_opts co = { .to = cfg.copy_to };
+        struct agent_copy_result cr;
+        if (agent_copy(r, &co, &cr) < 0)
+            ret = cli_error("backup", "copy to %s: %s", cfg.copy_to, error_msg());
+        else
+            fprintf(stderr, "nbdvault backup: copied %u point(s) to %s (%llu new chunk(s))\n",
+                    cr.copied, cfg.copy_to, (unsigned long long)cr.chunks_new);
+    }
     agent_repo_close(r);
 out:
     cli_config_free(&cfg);

@@ -36,6 +36,10 @@ int cli_gc(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_run(int argc, char **argv);
 int cli_catalog(int argc, char **argv);
+int cli_copy(int argc, char **argv);
+/* Copies points of r to `to` and prints the result (cli/copy.c). */
+int cli_copy_points(struct agent_repo *r, const char *to, const char *disk, int64_t point, bool json,
+                    const char *cmd);
 
 /* What one backup reads: an NBD export, a libvirt domain or a QMP socket
  * (`backup`'s options, or one section of `run`'s file). */
@@ -73,6 +77,7 @@ struct cli_config {
     char *work_dir;               /* [backup] work_dir */
     char *connect;                /* [backup] libvirt_connect */
     uint64_t max_rate;            /* [backup] max_rate */
+    char *copy_to;                /* [repository] copy-to */
 };
 void cli_config_defaults(struct cli_config *c);
 int cli_config_load(struct cli_config *c, const char *path, const char *cmd); /* prints errors */

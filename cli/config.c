@@ -92,6 +92,9 @@ static int on_key(void *user, const char *section, const char *name, const char 
     } else if (!strcmp(section, "backup") && !strcmp(name, "bitmap")) {
         free(c->bitmap);
         c->bitmap = strdup(value);
+    } else if (!strcmp(section, "repository") && !strcmp(name, "copy-to")) {
+        free(c->copy_to);
+        c->copy_to = strdup(value);
     } else if (!strcmp(section, "repository") &&
                (r = cli_store_config_key("config", name, value)) != 0) {
         if (r < 0)
@@ -128,4 +131,5 @@ void cli_config_free(struct cli_config *c)
     free(c->bitmap);
     free(c->work_dir);
     free(c->connect);
+    free(c->copy_to);
 }

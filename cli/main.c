@@ -21,6 +21,7 @@ static const struct cli_command commands[] = {
     { "prune", "remove old restore points by retention rules", cli_prune },
     { "gc", "give back the space of removed points", cli_gc },
     { "serve", "serve restore points as read-only NBD exports", cli_serve },
+    { "copy", "copy restore points to another repository (a bucket)", cli_copy },
     { "catalog", "rebuild the catalog cache of a repository in a bucket", cli_catalog },
     { "run", "the nightly job: back up and prune every source of a config file", cli_run },
 };

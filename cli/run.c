@@ -36,7 +36,9 @@ static const char run_help[] =
     "    [vm web1]\n"
     "    libvirt = web1       ; or: qmp = SOCKET   or: uri = NBD-URI, bitmap = NAME\n"
     "\n"
-    "Each source is backed up, then pruned by its keep-* rules (only the disks\n"
+    "Each source is backed up, copied to copy-to = REPO when it is given (an\n"
+    "s3:// bucket: its new points leave the host at once), then pruned by its\n"
+    "keep-* rules (only the disks\n"
     "that were backed up this run); gc runs on a repository after its sources\n"
     "when one of them names today (gc = sunday, mon,thu, daily, never).  A\n"
     "failing source does not stop the others.  Two runs never overlap on one\n"
@@ -62,7 +64,7 @@ struct job {
     char *name;
     /* Keys (strdup'ed; NULL = unset). */
     char *repo, *libvirt, *connect, *qmp, *vm, *uri, *bitmap, *disk, *work_dir, *gc;
-    char *full, *connections, *compress_level, *max_rate;
+    char *full, *connections, *compress_level, *max_rate, *copy_to;
     char *keep[NKEEP];
     char *targets[CLI_MAX_DISKS];  /* disk = (libvirt) / node = (qmp), repeatable */
     size_t ntargets;
@@ -92,10 +94,10 @@ static char **job_key(struct job *j, const char *name)
 {
     static const char *const names[] = { "repo", "libvirt", "connect", "qmp", "vm", "uri",
                                          "bitmap", "work-dir", "gc", "full", "connections",
-                                         "compress-level", "max-rate" };
+                                         "compress-level", "max-rate", "copy-to" };
     char **slots[] = { &j->repo, &j->libvirt, &j->connect, &j->qmp, &j->vm, &j->uri,
                        &j->bitmap, &j->work_dir, &j->gc, &j->full, &j->connections,
-                       &j->compress_level, &j->max_rate };
+                       &j->compress_level, &j->max_rate, &j->copy_to };
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if (!strcmp(name, names[i]))
             return slots[i];
@@ -178,7 +180,7 @@ static void job_free(struct job *j)
 {
     char **all[] = { &j->name, &j->repo, &j->libvirt, &j->connect, &j->qmp, &j->vm, &j->uri,
                      &j->bitmap, &j->disk, &j->work_dir, &j->gc, &j->full, &j->connections,
-                     &j->compress_level, &j->max_rate };
+                     &j->compress_level, &j->max_rate, &j->copy_to };
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         free(*all[i]);
     for (size_t i = 0; i < NKEEP; i++)
@@ -400,6 +402,20 @@ static void run_job(struct run *R, struct job *j)
         }
         if (!j->error[0])
             snprintf(j->error, sizeof j->error, "backup failed");
+    }
+    /* The new points leave the host right after they commit. */
+    const char *to = inherit(j->copy_to, R->f->defaults.copy_to);
+    if (j->ok && to) {
+        struct agent_copy_opts co = { .to = to };
+        struct agent_copy_result cr;
+        if (agent_copy(r, &co, &cr) < 0) {
+            j->ok = false;
+            snprintf(j->error, sizeof j->error, "copy to %s: %s", to, error_msg());
+            log_msg(LOG_LEVEL_ERROR, "%s: %s", j->name, j->error);
+        } else {
+            log_msg(LOG_LEVEL_INFO, "%s: copied %u point(s) to %s (%llu new chunk(s))", j->name,
+                    cr.copied, to, (unsigned long long)cr.chunks_new);
+        }
     }
     if (j->has_keep && prune_disks(r, j) < 0)
         j->ok = false;
