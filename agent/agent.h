@@ -78,6 +78,7 @@ struct agent_backup_result {
     uint64_t cells_unchanged;     /* read but the same as the parent's: not recorded */
     unsigned connections;
     double seconds;
+    uint64_t retries;             /* object store requests retried */
 };
 
 int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
@@ -168,6 +169,7 @@ struct agent_restore_opts {
 struct agent_restore_result {
     int64_t point;
     uint64_t disk_size, bytes_written, bytes_zero;
+    uint64_t retries;             /* object store requests retried */
     double seconds;
 };
 

@@ -27,6 +27,7 @@
 #include "agent/plan.h"
 #include "agent/remote.h"
 #include "agent/session.h"
+#include "store/store.h"
 #include "common/clock.h"
 #include "common/cpus.h"
 #include "common/error.h"
@@ -75,6 +76,7 @@ struct backup {
     int level;
     struct catalog_map *pmap;     /* incrementals: the parent's map */
     struct catalog_point np;      /* the point being taken */
+    uint64_t retries0;            /* the store's retries when it began */
 
     struct plan *plan;
     struct session *session;
@@ -484,6 +486,7 @@ static int commit_point(struct backup *b, struct agent_backup_result *res, doubl
     res->chunks_reused = st.chunks_reused;
     res->cells_unchanged = st.cells_unchanged;
     res->seconds = clock_wall_s() - t0;
+    res->retries = store_retries(b->repo->store) - b->retries0;
     return 0;
 }
 
@@ -525,6 +528,7 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
     }
     b->repo = r;
     b->o = o;
+    b->retries0 = store_retries(r->store);
     b->chunk = r->chunk_size;
     b->level = o->compress_level ? o->compress_level : AGENT_DEFAULT_COMPRESS_LEVEL;
     b->progress = (struct agent_progress){ o->progress, o->opaque, 0 };

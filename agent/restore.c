@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/cpus.h"
 #include "common/error.h"
+#include "store/store.h"
 #include "common/workq.h"
 
 #define NBUFS 32
@@ -226,6 +227,7 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
 
     memset(res, 0, sizeof *res);
     rs.progress = (struct agent_progress){ o->progress, o->opaque, 0 };
+    uint64_t retries0 = store_retries(r->store);
 
     /* A lock that only gc conflicts with: gc never moves or deletes a
      * chunk this restore may still read; a gc under way is waited for. */
@@ -249,6 +251,7 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
         res->bytes_written = rs.sink->written;
         res->bytes_zero = rs.sink->zeroed;
         res->seconds = clock_mono_s() - t0;
+        res->retries = store_retries(r->store) - retries0;
     }
 
     struct error_saved e;

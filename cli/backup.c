@@ -94,6 +94,7 @@ static struct json_object *result_json(const char *disk, const struct agent_back
     json_object_object_add(j, "cells_unchanged", json_object_new_int64((int64_t)res->cells_unchanged));
     json_object_object_add(j, "connections", json_object_new_int64(res->connections));
     json_object_object_add(j, "seconds", json_object_new_double(res->seconds));
+    json_object_object_add(j, "retries", json_object_new_int64((int64_t)res->retries));
     return j;
 }
 
@@ -110,6 +111,8 @@ static void result_line(const char *disk, const struct agent_backup_result *res,
            (unsigned long long)res->chunks_new, (unsigned long long)res->chunks_reused,
            res->seconds, full_reason && full_reason[0] ? " (full: " : "",
            full_reason && full_reason[0] ? full_reason : "", full_reason && full_reason[0] ? ")" : "");
+    if (res->retries)
+        printf("  %llu object store request(s) retried\n", (unsigned long long)res->retries);
 }
 
 static int backup_vm(struct agent_repo *r, const struct cli_source *s, bool json,

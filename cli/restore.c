@@ -231,12 +231,15 @@ int cli_restore(int argc, char **argv)
         json_object_object_add(j, "bytes_written", json_object_new_int64((int64_t)res.bytes_written));
         json_object_object_add(j, "bytes_zero", json_object_new_int64((int64_t)res.bytes_zero));
         json_object_object_add(j, "seconds", json_object_new_double(res.seconds));
+        json_object_object_add(j, "retries", json_object_new_int64((int64_t)res.retries));
         cli_print_json(j);
     } else {
         char w[32];
         cli_human_size(w, sizeof w, res.bytes_written);
         printf("restored point %lld of disk %s to %s: %s of data, %.1f s\n", (long long)res.point,
                o.disk, o.output ? o.output : o.to_uri, w, res.seconds);
+        if (res.retries)
+            printf("  %llu object store request(s) retried\n", (unsigned long long)res.retries);
     }
     agent_repo_close(r);
     return ret;

@@ -473,9 +473,19 @@ static int fail_status(const struct s3 *s, struct s3_req *r, const char *errbody
     char name[STORE_KEY_MAX * 2 + 80];
     int err = r->status == 404 ? ENOENT : r->status == 403 ? EACCES : EIO;
 
+    static const struct { long status; const char *name; } reasons[] = {
+        { 400, "BadRequest" }, { 403, "Forbidden" }, { 409, "Conflict" },
+        { 429, "TooManyRequests" }, { 500, "InternalError" }, { 501, "NotImplemented" },
+        { 502, "BadGateway" }, { 503, "ServiceUnavailable" }, { 504, "GatewayTimeout" },
+    };
+
     error_code(errbody, r->code, sizeof r->code);
     if (!r->code[0] && r->status == 404)
         snprintf(r->code, sizeof r->code, "%s", r->key ? "NoSuchKey" : "NoSuchBucket");
+    /* A HEAD answer has no body: the status's own name. */
+    for (size_t i = 0; !r->code[0] && i < sizeof reasons / sizeof *reasons; i++)
+        if (reasons[i].status == r->status)
+            snprintf(r->code, sizeof r->code, "%s", reasons[i].name);
     name_of(s, r, name, sizeof name);
     if (r->status == 404 && !strcmp(r->code, "NoSuchKey"))
         error_set(ENOENT, "%s is missing", name);
