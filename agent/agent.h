@@ -203,6 +203,10 @@ void agent_serve_stop(void);
 struct agent_verify_opts {
     const char *disk;             /* NULL: every disk */
     int64_t point;                /* 0: every point (of the disk) */
+    /* Packs whose data is read (every chunk checked): 0-100 percent, a
+     * fixed subset by name; the others are checked by size alone.  -1: the
+     * default, every pack locally, none in a bucket (--read-data: 100). */
+    int read_data_pct;
     /* Each damage found, as one line ("chunk ... in pack ...: CRC mismatch;
      * points 3, 4"). */
     void (*damage)(void *opaque, const char *msg);
@@ -212,6 +216,7 @@ struct agent_verify_opts {
 
 struct agent_verify_result {
     uint64_t points, packs, chunks, bytes;
+    uint64_t packs_size_only;     /* checked by size alone (not read) */
     uint64_t damaged_packs, damaged_chunks;
     bool catalog_ok;
     int64_t *affected;            /* points affected by damage (malloc'ed) */
@@ -256,6 +261,7 @@ struct agent_gc_opts {
 struct agent_gc_result {
     uint64_t chunks_removed, packs_removed, packs_rewritten, orphans_removed;
     uint64_t bytes_freed;
+    unsigned packs_locked;        /* kept: under S3 Object Lock */
 };
 
 int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_gc_result *res);

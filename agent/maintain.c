@@ -11,6 +11,7 @@
 #include "agent/pack.h"
 #include "agent/remote.h"
 #include "common/error.h"
+#include "store/store.h"
 #include "common/vec.h"
 
 /* Points removed per prune transaction. */
@@ -56,9 +57,43 @@ struct verify {
     uint8_t *buf;
     struct idset selected, packs_seen, affected;
     struct agent_progress progress;
+    int pct;                      /* packs read, percent */
 };
 
 #define damage(v, ...) agent_notify((v)->o->damage, (v)->o->opaque, __VA_ARGS__)
+
+/* Whether a pack's data is read: a fixed subset of pct percent by name. */
+static bool pack_read(const struct verify *v, const char *name)
+{
+    uint32_t h = 2166136261u;
+    if (v->pct >= 100)
+        return true;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return (int)(h % 100) < v->pct;
+}
+
+/* A pack not read: its size in the store against the catalog's. */
+static int check_size(struct verify *v, int64_t pack_id, const char *name)
+{
+    char key[PACK_NAME_MAX + 8];
+    uint64_t want, have;
+
+    v->res->packs_size_only++;
+    snprintf(key, sizeof key, "packs/%s", name);
+    if (catalog_pack_size(v->r->cat, pack_id, &want) < 0)
+        return -1;
+    if (store_stat(v->r->store, key, &have) < 0) {
+        v->res->damaged_packs++;
+        damage(v, "pack %s: %s", name, error_msg());
+    } else if (have != want) {
+        v->res->damaged_packs++;
+        damage(v, "pack %s: %llu bytes in the store, %llu recorded", name,
+               (unsigned long long)have, (unsigned long long)want);
+    }
+    return 0;
+}
+
 
 static int select_point(void *opaque, const struct agent_point *p)
 {
@@ -75,6 +110,8 @@ static int scan_pack_once(struct verify *v, int64_t pack_id, const char *name)
     if (idset_add(&v->packs_seen, pack_id) < 0)
         return -1;
     v->res->packs++;
+    if (!pack_read(v, name))
+        return check_size(v, pack_id, name);
     if (pack_scan(v->r->store, name, false, NULL, NULL) < 0) {
         v->res->damaged_packs++;
         damage(v, "%s", error_msg());
@@ -87,6 +124,8 @@ static int verify_chunk(void *opaque, const struct catalog_chunk *ch)
     struct verify *v = opaque;
     if (scan_pack_once(v, ch->pack_id, ch->pack) < 0)
         return -1;
+    if (!pack_read(v, ch->pack))
+        return 0;
     v->res->chunks++;
     v->res->bytes += ch->plain_len;
     if (agent_chunk_read(v->reader, ch, v->buf) < 0) {
@@ -130,6 +169,7 @@ int agent_verify(struct agent_repo *r, const struct agent_verify_opts *o,
 
     memset(res, 0, sizeof *res);
     v.progress = (struct agent_progress){ o->progress, o->opaque, 0 };
+    v.pct = o->read_data_pct < 0 ? (r->remote ? 0 : 100) : o->read_data_pct;
 
     int ic = catalog_integrity_check(r->cat, &report);
     if (ic < 0)
@@ -275,6 +315,21 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
             size_t len = strlen(v.p[i].why);
             snprintf(v.p[i].why + len, sizeof v.p[i].why - len, "%s%s", len ? ", " : "",
                      rule_names[rule]);
+        }
+    }
+    /* What S3 Object Lock still retains stays (its removal would only hide
+     * it behind a delete marker). */
+    for (size_t i = 0; i < v.n && r->remote; i++) {
+        time_t until;
+        if (v.p[i].keep)
+            continue;
+        if (remote_point_locked(r, v.p[i].id, &until) < 0)
+            goto out;
+        if (until > time(NULL)) {
+            struct tm tm;
+            gmtime_r(&until, &tm);
+            v.p[i].keep = true;
+            strftime(v.p[i].why, sizeof v.p[i].why, "object lock until %Y-%m-%d %H:%M UTC", &tm);
         }
     }
     /* The decisions, oldest first. */
@@ -467,6 +522,28 @@ static int gather_known(void *opaque, const struct catalog_pack *p)
     return 0;
 }
 
+/* A pack S3 Object Lock still retains: said, and kept (1); 0 not; -1. */
+static int locked_pack(struct gc *g, const char *name)
+{
+    char key[PACK_NAME_MAX + 8];
+    time_t until;
+
+    if (!g->r->remote)
+        return 0;
+    snprintf(key, sizeof key, "packs/%s", name);
+    if (store_locked_until(g->r->store, key, &until) < 0)
+        return -1;
+    if (until <= time(NULL))
+        return 0;
+    char when[40];
+    struct tm tm;
+    gmtime_r(&until, &tm);
+    strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", &tm);
+    gc_note(g, "kept pack %s: under object lock until %s", name, when);
+    g->res->packs_locked++;
+    return 1;
+}
+
 static int sweep_file(void *opaque, const char *name, bool is_temp)
 {
     struct gc *g = opaque;
@@ -476,6 +553,9 @@ static int sweep_file(void *opaque, const char *name, bool is_temp)
                 return 0;
     /* A temporary file, or a pack the catalog never recorded (a backup or
      * gc killed before its commit): nothing points at it. */
+    int kept = is_temp ? 0 : locked_pack(g, name);
+    if (kept)
+        return kept < 0 ? -1 : 0;
     g->res->orphans_removed++;
     gc_note(g, "%s orphan %s %s", g->o->dry_run ? "would remove" : "removed",
             is_temp ? "temporary file" : "pack", name);
@@ -520,8 +600,12 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
         goto out;
     for (size_t i = 0; i < g.npacks; i++) {
         if (g.packs[i].live == 0) {
+            int kept = locked_pack(&g, g.packs[i].name);
+            if (kept < 0)
+                goto out;
+            if (kept)
+                continue;
             res->packs_removed++;
-            res->bytes_freed += 0; /* counted with the chunks */
             gc_note(&g, "%s pack %s (no chunk in use)", o->dry_run ? "would remove" : "removed",
                     g.packs[i].name);
             if (!o->dry_run && (catalog_pack_delete(r->cat, g.packs[i].id) < 0 ||

@@ -376,6 +376,19 @@ fail:
     return -1;
 }
 
+int remote_point_locked(struct agent_repo *r, int64_t point_id, time_t *until)
+{
+    struct catalog_remote rem;
+    char key[STORE_KEY_MAX];
+    int f = catalog_remote_get(r->cat, point_id, &rem);
+
+    *until = 0;
+    if (f <= 0)
+        return f;
+    key_of(rem.uid, rem.gen, key, sizeof key);
+    return store_locked_until(r->store, key, until) < 0 ? -1 : 0;
+}
+
 /* ---- Telling the bucket what changed here ---------------------------------------- */
 
 struct gens {

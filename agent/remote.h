@@ -36,6 +36,11 @@ int remote_publish(struct agent_repo *r, const struct catalog_point *p);
  * killed prune is finished by the next command). */
 int remote_flush(struct agent_repo *r);
 
+/* Until when the manifest of a point is under S3 Object Lock (*until 0:
+ * it is not). */
+#include <time.h>
+int remote_point_locked(struct agent_repo *r, int64_t point_id, time_t *until);
+
 /* A lock object in the bucket (agent/remote-lock.c): shared for a backup,
  * exclusive for prune and gc.  NULL with EBUSY naming the holder (what,
  * host, pid, time) when a live conflicting lock is there; a lock not

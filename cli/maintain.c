@@ -13,11 +13,19 @@
 /* ---- verify ---------------------------------------------------------------- */
 
 static const char verify_help[] =
-    "Usage: nbdvault verify --repo DIR [--disk NAME] [--point ID] [--json]\n"
+    "Usage: nbdvault verify --repo DIR [--disk NAME] [--point ID]\n"
+    "                       [--read-data | --read-data-subset N%] [--json]\n"
     "\n"
     "Reads every chunk the selected points reference and checks it against its\n"
     "id, checks the packs' own checksums, and runs SQLite's integrity check on\n"
     "the catalog.  Prints what is damaged and which points it affects.\n"
+    "\n"
+    "In a bucket (s3://...) verify reads no pack by default: every manifest is\n"
+    "decoded and checked when the cache is brought up to date, and every pack's\n"
+    "size is compared with the catalog's.  --read-data reads every pack as a\n"
+    "local verify does; --read-data-subset N% reads a fixed N% of the packs\n"
+    "(chosen by name, so that a nightly N% covers the same packs, and several\n"
+    "different percentages overlap).\n"
     "\n"
     "Exit codes: 0 nothing damaged, 1 damage found or the check failed, 2 bad usage.\n";
 
@@ -43,11 +51,13 @@ int cli_verify(int argc, char **argv)
         { "point", required_argument, NULL, 'p' },
         { "config", required_argument, NULL, 'C' },
         { "json", no_argument, NULL, 'j' },
+        { "read-data", no_argument, NULL, 'R' },
+        { "read-data-subset", required_argument, NULL, 'S' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
     const char *repo = NULL, *config = NULL;
-    struct agent_verify_opts o = { 0 };
+    struct agent_verify_opts o = { .read_data_pct = -1 };
     struct vout v = { 0 };
     int ch;
 
@@ -65,6 +75,15 @@ int cli_verify(int argc, char **argv)
         }
         case 'C': config = optarg; break;
         case 'j': v.json = true; break;
+        case 'R': o.read_data_pct = 100; break;
+        case 'S': {
+            char *end;
+            long pct = strtol(optarg, &end, 10);
+            if (end == optarg || (*end && strcmp(end, "%")) || pct < 0 || pct > 100)
+                return cli_usage_error("verify", "bad --read-data-subset \"%s\" (0%% to 100%%)", optarg);
+            o.read_data_pct = (int)pct;
+            break;
+        }
         case 'h': fputs(verify_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
             return cli_try_help("verify");
@@ -98,6 +117,7 @@ int cli_verify(int argc, char **argv)
         json_object_object_add(j, "points", json_object_new_int64((int64_t)res.points));
         json_object_object_add(j, "packs", json_object_new_int64((int64_t)res.packs));
         json_object_object_add(j, "chunks", json_object_new_int64((int64_t)res.chunks));
+        json_object_object_add(j, "packs_size_only", json_object_new_int64((int64_t)res.packs_size_only));
         json_object_object_add(j, "bytes", json_object_new_int64((int64_t)res.bytes));
         json_object_object_add(j, "catalog_ok", json_object_new_boolean(res.catalog_ok));
         json_object_object_add(j, "damaged_packs", json_object_new_int64((int64_t)res.damaged_packs));
@@ -114,6 +134,9 @@ int cli_verify(int argc, char **argv)
         printf("checked %llu point(s), %llu pack(s), %llu chunk(s) (%s); catalog %s\n",
                (unsigned long long)res.points, (unsigned long long)res.packs,
                (unsigned long long)res.chunks, b, res.catalog_ok ? "ok" : "DAMAGED");
+        if (res.packs_size_only)
+            printf("%llu pack(s) checked by size only (--read-data reads them)\n",
+                   (unsigned long long)res.packs_size_only);
         if (bad) {
             printf("DAMAGE: %llu pack(s), %llu chunk(s)", (unsigned long long)res.damaged_packs,
                    (unsigned long long)res.damaged_chunks);
@@ -315,6 +338,7 @@ int cli_gc(int argc, char **argv)
         json_object_object_add(j, "packs_removed", json_object_new_int64((int64_t)res.packs_removed));
         json_object_object_add(j, "packs_rewritten", json_object_new_int64((int64_t)res.packs_rewritten));
         json_object_object_add(j, "orphans_removed", json_object_new_int64((int64_t)res.orphans_removed));
+        json_object_object_add(j, "packs_locked", json_object_new_int64(res.packs_locked));
         json_object_object_add(j, "bytes_freed", json_object_new_int64((int64_t)res.bytes_freed));
         cli_print_json(j);
     } else {
@@ -324,6 +348,8 @@ int cli_gc(int argc, char **argv)
                "%s freed\n", o.dry_run ? "would remove" : "removed",
                (unsigned long long)res.chunks_removed, (unsigned long long)res.packs_removed,
                (unsigned long long)res.orphans_removed, (unsigned long long)res.packs_rewritten, b);
+        if (res.packs_locked)
+            printf("kept %u pack(s) under S3 Object Lock\n", res.packs_locked);
     }
     agent_repo_close(r);
     return ret;

@@ -2,6 +2,8 @@
 #ifndef STORE_INTERNAL_H
 #define STORE_INTERNAL_H
 
+#include <time.h>
+
 #include "store/store.h"
 
 struct store_ops {
@@ -43,5 +45,6 @@ struct store *store_s3_open(const char *url);
 int store_s3_set_state(struct store *s, const char *dir);
 uint64_t store_s3_retries(const struct store *s);
 unsigned store_s3_lock_days(const struct store *s);
+int store_s3_locked_until(struct store *s, const char *key, time_t *until);
 
 #endif

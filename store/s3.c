@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <gnutls/crypto.h>
@@ -142,7 +143,9 @@ static void hash_done(struct s3_put *p, struct s3_body *b)
  * encrypted ETag has a '-' or another form: only a plain one is compared). */
 static int put_body(struct s3 *s, const char *key, const struct s3_body *b)
 {
-    struct s3_req r = { .method = "PUT", .key = key, .body = b, .lock = s->lock_days > 0 };
+    /* Lock objects come and go: never retained. */
+    struct s3_req r = { .method = "PUT", .key = key, .body = b,
+                        .lock = s->lock_days > 0 && strncmp(key, "locks/", 6) != 0 };
     char name[2 * STORE_KEY_MAX];
 
     if (s3_do(s, &r) < 0)
@@ -428,6 +431,21 @@ static const struct store_ops s3_ops = {
     .stat = s3_stat,
     .remove = s3_remove,
 };
+
+int store_s3_locked_until(struct store *st, const char *key, time_t *until)
+{
+    struct s3_req r = { .method = "HEAD", .key = key };
+    struct tm tm = { 0 };
+
+    *until = 0;
+    if (s3_do(&S(st)->s3, &r) < 0)
+        return -1;
+    free(r.resp);
+    /* 2026-12-07T10:11:12.123Z */
+    if (r.lock_until[0] && strptime(r.lock_until, "%Y-%m-%dT%H:%M:%S", &tm))
+        *until = timegm(&tm);
+    return 0;
+}
 
 int store_s3_set_state(struct store *st, const char *dir)
 {

@@ -267,6 +267,11 @@ static size_t on_header(char *p, size_t size, size_t n, void *opaque)
         char *q = strchr(x->r->etag, '"');
         if (q)
             *q = 0;
+    } else if (!strncasecmp(line, "x-amz-object-lock-retain-until-date:", 36)) {
+        const char *v = line + 36;
+        while (*v == ' ')
+            v++;
+        snprintf(x->r->lock_until, sizeof x->r->lock_until, "%.39s", v);
     } else if (!strncasecmp(line, "retry-after:", 12)) {
         x->retry_after = strtol(line + 12, NULL, 10);
     } else if (!strncasecmp(line, "content-length:", 15)) {
@@ -519,6 +524,7 @@ int s3_do(struct s3 *s, struct s3_req *r)
         r->status = 0;
         r->code[0] = 0;
         r->etag[0] = 0;
+        r->lock_until[0] = 0;
         CURLcode rc = attempt(s, h, r, x, curl_err);
         bool again;
         if (rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && status_of(h) >= 300)) {

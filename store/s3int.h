@@ -71,6 +71,7 @@ struct s3_req {
     uint64_t content_length;      /* HEAD */
     char etag[80];
     char code[64];                /* S3's error code */
+    char lock_until[40];          /* x-amz-object-lock-retain-until-date */
 };
 
 int s3_init(struct s3 *s);        /* the handle pool */

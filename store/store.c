@@ -213,3 +213,11 @@ int store_remove(struct store *s, const char *key)
     }
     return s->ops->remove(s, key);
 }
+
+int store_locked_until(struct store *s, const char *key, time_t *until)
+{
+    *until = 0;
+    if (store_check_key(key) < 0)
+        return -1;
+    return store_is_remote(s) ? store_s3_locked_until(s, key, until) : 0;
+}

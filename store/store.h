@@ -60,8 +60,11 @@ void store_s3_configure(const struct store_s3_config *c);
 int store_set_state_dir(struct store *s, const char *dir);
 /* Requests retried so far (0 for a local store). */
 uint64_t store_retries(const struct store *s);
-/* Object lock: whether new objects are written with a retention. */
+/* Object lock: whether new objects are written with a retention, and
+ * until when an object is retained (*until 0: not; always 0 locally). */
 unsigned store_lock_days(const struct store *s);
+#include <time.h>
+int store_locked_until(struct store *s, const char *key, time_t *until);
 void store_close(struct store *s);          /* accepts NULL */
 /* The location as the user gave it, for messages. */
 const char *store_location(const struct store *s);
@@ -117,7 +120,11 @@ int store_list(struct store *s, const char *prefix,
                void *opaque);
 /* The size of an object; a missing one fails with ENOENT. */
 int store_stat(struct store *s, const char *key, uint64_t *size);
-/* Removes an object durably; a missing one fails with ENOENT. */
+/* Removes an object durably; a missing one fails with ENOENT (a local
+ * store; S3 answers a removal of a missing object with success).  In a
+ * bucket with object lock, a removal hides the object behind a delete
+ * marker and its retained version stays: callers check
+ * store_locked_until first. */
 int store_remove(struct store *s, const char *key);
 
 /* Checks a key (see above). */

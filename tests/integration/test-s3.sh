@@ -92,7 +92,14 @@ for p in 1 2; do
     run "$NBDVAULT" restore --repo "$repo" --disk vm1 --point "$(jget p$p.json point)" --output r.raw
     cmp r.raw ref-$p.raw || fail "point $p restored on an empty machine differs"
 done
-run "$NBDVAULT" verify --repo "$repo"
+run "$NBDVAULT" verify --repo "$repo" --json > v0.json
+[ "$(jget v0.json chunks)" = 0 ] || fail "verify of a bucket read chunks without --read-data"
+[ "$(jget v0.json packs_size_only)" -gt 0 ] || fail "verify checked no pack's size"
+run "$NBDVAULT" verify --repo "$repo" --read-data --json > v1.json
+[ "$(jget v1.json packs_size_only)" = 0 ] || fail "--read-data left packs unread"
+[ "$(jget v1.json chunks)" -gt 0 ] || fail "--read-data read no chunk"
+run "$NBDVAULT" verify --repo "$repo" --read-data-subset 50% >/dev/null
+expect_fail 2 "bad --read-data-subset" "$NBDVAULT" verify --repo "$repo" --read-data-subset 150%
 # A point served from the bucket alone.
 "$NBDVAULT" serve --repo "$repo" --socket "$testdir/srv.sock" &
 srv=$!
@@ -122,4 +129,14 @@ s3_get "$bucket" "$m" man
 s3_put "$bucket" "$m" man
 XDG_CACHE_HOME=$testdir/third expect_fail 1 "manifest s3://$bucket/$m is damaged" \
     "$NBDVAULT" list --repo "$repo"
+# A truncated pack: found by its size, without reading data; named.
+p=$(grep '^nightly/packs/' keys | head -1)
+s3_get "$bucket" "$p" pk
+head -c 1000 pk > pk.short
+s3_put "$bucket" "$p" pk.short
+rc=0
+XDG_CACHE_HOME=$testdir/host-a "$NBDVAULT" verify --repo "$repo" > v2.out || rc=$?
+cat v2.out
+[ $rc = 1 ] || fail "verify of a truncated pack exited $rc"
+grep -q "${p#nightly/packs/}: 1000 bytes in the store" v2.out || fail "the truncated pack is not named"
 echo OK
