@@ -5,7 +5,7 @@
 #   make check SANITIZE=1  the same, built with ASan + UBSan (in build-san/)
 #   make fuzz            run the libFuzzer harnesses (clang)
 #   make demo            the main job against a qemu-nbd export it starts
-#   make bench / bench-vm  benchmarks (docs/BENCHMARKS.md)
+#   make bench / bench-vm  benchmarks (docs/BENCHMARKS.md; bench includes bench-s3.sh)
 #   make install PREFIX=/usr/local
 #   V=1                  show the full command lines
 
@@ -116,12 +116,21 @@ $(BUILD)/tests/fuzz/fuzz_pack-replay: $(BUILD)/tests/fuzz/fuzz_pack.o $(BUILD)/t
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/tests/fuzz/fuzz_manifest-replay: $(BUILD)/tests/fuzz/fuzz_manifest.o $(BUILD)/tests/fuzz/replay-main.o $(APP_LIB) $(NBDCORE_LIB)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/fuzz/replay-main.o: tests/fuzz/replay-main.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer
 build-fuzz/fuzz_pack: tests/fuzz/fuzz_pack.c agent/packfmt.c agent/chunk.c $(COMMON_SRCS)
+	@mkdir -p build-fuzz
+	@echo "  FUZZ    $@"
+	$(Q)clang $(filter-out -MMD -MP,$(CPPFLAGS)) $(FUZZ_FLAGS) -o $@ $^ $(PKG_LIBS) -pthread
+
+build-fuzz/fuzz_manifest: tests/fuzz/fuzz_manifest.c agent/manifest.c $(COMMON_SRCS)
 	@mkdir -p build-fuzz
 	@echo "  FUZZ    $@"
 	$(Q)clang $(filter-out -MMD -MP,$(CPPFLAGS)) $(FUZZ_FLAGS) -o $@ $^ $(PKG_LIBS) -pthread
@@ -164,6 +173,7 @@ demo: deps nbdvault
 
 bench: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench.sh
+	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-s3.sh
 
 bench-vm: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-vm.sh

@@ -651,7 +651,7 @@ static int by_name(const void *a, const void *b)
 static int forget_if_lost(void *opaque, const struct catalog_pack *p)
 {
     struct packset *ps = opaque;
-    if (bsearch(p->name, ps->name, ps->n, sizeof *ps->name, by_name))
+    if (ps->n && bsearch(p->name, ps->name, ps->n, sizeof *ps->name, by_name))
         return 0;
     return catalog_pack_forget(ps->r->cat, p->id);
 }
@@ -664,7 +664,8 @@ static int forget_lost_packs(struct agent_repo *r)
     int ret = pack_list_files(r->store, list_pack, &ps);
 
     if (ret == 0) {
-        qsort(ps.name, ps.n, sizeof *ps.name, by_name);
+        if (ps.n)
+            qsort(ps.name, ps.n, sizeof *ps.name, by_name);
         ret = catalog_pack_list(r->cat, forget_if_lost, &ps);
     }
     free(ps.name);
@@ -696,7 +697,8 @@ int remote_sync(struct agent_repo *r)
         catalog_remote_list(r->cat, note_cached, &c) < 0 || import_all(r, &l) < 0)
         goto out;
     /* Newest first, so that a child goes before its parent. */
-    qsort(c.gone, c.ngone, sizeof *c.gone, by_point_desc);
+    if (c.ngone)
+        qsort(c.gone, c.ngone, sizeof *c.gone, by_point_desc);
     for (size_t i = 0; i < c.ngone; i++)
         if (catalog_point_drop(r->cat, c.gone[i].point_id) < 0)
             goto out;

@@ -320,8 +320,9 @@ ok() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "yes"; else echo "**no**"; f
 } > "$work/table.md"
 cat "$work/table.md"
 if [ -n "$OUT_MD" ]; then
-    # Keep the history below the newest table.
-    old=$( [ -f "$OUT_MD" ] && sed -n '/^## History/,$p' "$OUT_MD" || true)
+    # Keep the other sections (running VMs, object storage, the history)
+    # below the newest table.
+    old=$( [ -f "$OUT_MD" ] && sed -n '/^## /,$p' "$OUT_MD" || true)
     { cat "$work/table.md"; echo; if [ -n "$old" ]; then echo "$old"; else echo "## History"; echo; fi; } > "$OUT_MD.tmp"
     mv "$OUT_MD.tmp" "$OUT_MD"
 fi

@@ -1,0 +1,118 @@
+#!/bin/bash
+# Benchmarks a repository in a bucket against restic on the same Ceph RGW
+# and the same reference disk as scripts/bench.sh: a full backup, the ~1%
+# scattered incremental (restic reads the whole disk again and dedups it),
+# and a restore of the newest point from the bucket.  One run of each
+# (they take minutes); writes its section into docs/BENCHMARKS.md.
+#
+#   scripts/bench-s3.sh              (make bench runs it after bench.sh)
+#   BENCH_DIR=/var/tmp/nbdvault-bench BENCH_OUT=/tmp/x.md scripts/bench-s3.sh
+set -euo pipefail
+NBDVAULT=${NBDVAULT:-$(pwd)/nbdvault}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/nbdvault-bench}
+OUT_MD=${BENCH_OUT:-docs/BENCHMARKS.md}
+GiB=$((1024 * 1024 * 1024))
+here=$(cd "$(dirname "$0")" && pwd)
+
+mkdir -p "$BENCH_DIR"
+work=$(mktemp -d "$BENCH_DIR/s3.XXXXXX")
+pids=()
+export RGW_DIR=$work/rgw RGW_MEMSTORE_BYTES=$((10 * GiB))
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || :; done
+    "$here/rgw-test.sh" stop 2>/dev/null || :
+    wait 2>/dev/null || :
+    rm -rf "$work"
+}
+trap cleanup EXIT
+log() { printf '%s\n' "$*" >&2; }
+
+. "$here/bench-disk.sh"
+disk=$BENCH_DIR/disk-4g.qcow2
+[ -f "$disk" ] && [ -f "$disk.before" ] || make_disk "$disk" $((4 * GiB))
+serve() {   # serve IMAGE SOCK [ARGS]
+    local img=$1 sock=$2
+    shift 2
+    qemu-nbd --fork --pid-file="$sock.pid" -k "$sock" -t -r -f qcow2 --shared=8 "$@" "$img"
+    pids+=("$(cat "$sock.pid")")
+}
+serve "$disk" "$work/src.sock" -B b0
+src="nbd+unix:///?socket=$work/src.sock"
+serve "$disk.before" "$work/before.sock"
+before="nbd+unix:///?socket=$work/before.sock"
+
+"$here/rgw-test.sh" start
+eval "$("$here/rgw-test.sh" env)"
+export XDG_CACHE_HOME=$work/cache RESTIC_PASSWORD=bench AWS_DEFAULT_REGION=us-east-1
+curl -sSf --aws-sigv4 "aws:amz:us-east-1:s3" -u "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+    -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
+    -X PUT "$AWS_ENDPOINT_URL/bench" >/dev/null
+repo=s3://bench/nbdvault
+rrepo=s3:$AWS_ENDPOINT_URL/bench/restic
+"$NBDVAULT" init --repo "$repo" >/dev/null
+restic -q -r "$rrepo" init >/dev/null
+
+now() { date +%s.%N; }
+secs() { local t0; t0=$(now); "$@" > /dev/null; echo "$(now) - $t0" | bc -l; }
+bucket_bytes() {   # bucket_bytes PREFIX
+    curl -sSf --aws-sigv4 "aws:amz:us-east-1:s3" -u "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+        -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
+        "$AWS_ENDPOINT_URL/bench?list-type=2&prefix=$1" |
+        /usr/bin/python3 -c 'import re,sys; print(sum(int(x) for x in re.findall(r"<Size>(\d+)</Size>", sys.stdin.read())))'
+}
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+
+log "bench-s3: full backup"
+t_full=$(secs "$NBDVAULT" backup "$before" --repo "$repo" --disk d)
+t_rfull=$(secs bash -c "nbdcopy '$before' - | restic -q -r '$rrepo' backup --stdin --stdin-filename d.raw")
+full_bytes=$(bucket_bytes nbdvault/)
+rfull_bytes=$(bucket_bytes restic/)
+log "bench-s3: incremental"
+t_incr=$(secs "$NBDVAULT" backup "$src" --repo "$repo" --disk d --bitmap b0)
+t_rincr=$(secs bash -c "nbdcopy '$src' - | restic -q -r '$rrepo' backup --stdin --stdin-filename d.raw")
+incr_bytes=$(( $(bucket_bytes nbdvault/) - full_bytes ))
+rincr_bytes=$(( $(bucket_bytes restic/) - rfull_bytes ))
+log "bench-s3: restore"
+rm -rf "$work/cache"          # from the bucket alone, as on a new machine
+t_restore=$(secs "$NBDVAULT" restore --repo "$repo" --disk d --output "$work/out.raw")
+rm -f "$work/out.raw"
+t_rrestore=$(secs bash -c "restic -q -r '$rrepo' dump latest d.raw > '$work/out.raw' && sync '$work/out.raw'")
+rm -f "$work/out.raw"
+
+cpu=$(awk -F: '/model name/ { sub(/^ */, "", $2); print $2; exit }' /proc/cpuinfo)
+row() { printf '| %s | %s | %s | %s |\n' "$@"; }
+{
+    echo "## Object storage: a repository in a bucket against restic"
+    echo
+    echo "Written by \`scripts/bench-s3.sh\` on $(date -u +%Y-%m-%d): $(nproc) cores ($cpu), one run"
+    echo "of each, restic $(restic version | awk '{ print $2 }') and nbdvault on the same Ceph RGW"
+    echo "(memstore, 127.0.0.1) and the same 4 GiB disk as above; restic reads the disk"
+    echo "through \`nbdcopy ... - | restic backup --stdin\`, its incremental the whole disk"
+    echo "again (it has no dirty bitmap); the restore of the newest point starts from an empty"
+    echo "cache (nbdvault) and is synced to disk (restic dump)."
+    echo
+    echo "| measure | nbdvault | restic | ratio |"
+    echo "|---|---|---|---|"
+    row "full backup (s)" "$t_full" "$t_rfull" "$(ratio "$t_rfull" "$t_full")x faster"
+    row "full backup in the bucket (bytes)" "$full_bytes" "$rfull_bytes" "$(ratio "$full_bytes" "$rfull_bytes")x the size"
+    row "incremental (s)" "$t_incr" "$t_rincr" "$(ratio "$t_rincr" "$t_incr")x faster"
+    row "incremental in the bucket (bytes)" "$incr_bytes" "$rincr_bytes" "$(ratio "$incr_bytes" "$rincr_bytes")x the size"
+    row "restore of the newest point (s)" "$t_restore" "$t_rrestore" "$(ratio "$t_rrestore" "$t_restore")x faster"
+} > "$work/s3.md"
+cat "$work/s3.md"
+if [ -n "$OUT_MD" ] && [ -f "$OUT_MD" ]; then
+    # Replace this section (or put it before the history).
+    /usr/bin/python3 - "$OUT_MD" "$work/s3.md" <<'PY'
+import re, sys
+doc, new = open(sys.argv[1]).read(), open(sys.argv[2]).read().rstrip() + "\n\n"
+head = "## Object storage: a repository in a bucket against restic"
+if head in doc:
+    a = doc.index(head)
+    b = doc.find("\n## ", a + 1)
+    doc = doc[:a] + new + (doc[b + 1:] if b >= 0 else "")
+else:
+    i = doc.find("## History")
+    doc = doc[:i] + new + doc[i:] if i >= 0 else doc + "\n" + new
+open(sys.argv[1], "w").write(doc)
+PY
+fi
