@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <zstd.h>
 
@@ -44,6 +45,11 @@ struct pslot {
     int32_t *index;               /* PENDING_SLOTS: entry index or -1 */
     struct rowv rows;
     const int64_t *ids;           /* chunk ids, once its transaction has them */
+    bool sealed;                  /* pack_writer_seal done (name, size) */
+    int seal_err;                 /* its failure, for the committer */
+    char seal_msg[512];
+    char name[PACK_NAME_MAX];
+    uint64_t size;
 };
 
 struct session {
@@ -185,6 +191,17 @@ static void seal_open(struct session *s)
         s->sealed_head = ps;
     s->sealed_tail = ps;
     s->nsealed++;
+    /* In a bucket the upload starts now, in the pack's own thread, while
+     * the committer is still busy with earlier packs: several uploads are
+     * in flight.  (Locally the committer seals: a direct write of the last
+     * buffer would otherwise be waited for under the lock.) */
+    if (s->o.keep_running && pack_writer_count(ps->pw)) {
+        if (pack_writer_seal(ps->pw, ps->name, &ps->size) < 0) {
+            ps->seal_err = error_errno() ? error_errno() : EIO;
+            snprintf(ps->seal_msg, sizeof ps->seal_msg, "%s", error_msg());
+        }
+        ps->sealed = true;
+    }
     pthread_cond_broadcast(&s->cond);
 }
 
@@ -308,7 +325,16 @@ static int commit_pack(struct session *s, struct pslot *ps, bool last)
     /* The pack is durable before the write transaction begins: no SQLite
      * write lock is held while a store makes an object durable (an upload
      * may take seconds, longer than another process's busy timeout). */
-    if (n && (pack_writer_seal(ps->pw, name, &psize) < 0 || pack_writer_wait(ps->pw) < 0))
+    if (ps->sealed && ps->seal_err) {
+        error_set(ps->seal_err, "%s", ps->seal_msg);
+        goto out;
+    }
+    if (ps->sealed) {
+        memcpy(name, ps->name, sizeof name);
+        psize = ps->size;
+    }
+    if (n && ((!ps->sealed && pack_writer_seal(ps->pw, name, &psize) < 0) ||
+              pack_writer_wait(ps->pw) < 0))
         goto out;
     if (catalog_begin(s->wcat) < 0)
         goto out;
