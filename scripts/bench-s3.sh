@@ -57,7 +57,7 @@ secs() { local t0; t0=$(now); "$@" > /dev/null; echo "$(now) - $t0" | bc -l; }
 bucket_bytes() {   # bucket_bytes PREFIX
     curl -sSf --aws-sigv4 "aws:amz:us-east-1:s3" -u "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
         -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
-        "$AWS_ENDPOINT_URL/bench?list-type=2&prefix=$1" |
+        "$AWS_ENDPOINT_URL/bench?list-type=2&prefix=${1//\//%2F}" |
         /usr/bin/python3 -c 'import re,sys; print(sum(int(x) for x in re.findall(r"<Size>(\d+)</Size>", sys.stdin.read())))'
 }
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
