@@ -1,7 +1,16 @@
 # bench-disk.sh: the reference disk of the benchmarks, sourced by
-# scripts/bench.sh and scripts/bench-vm.sh (which set log, work, PY, GiB,
+# scripts/bench.sh, bench-s3.sh and bench-vm.sh (which set log, work, PY, GiB,
 # MiB).  make_disk FILE SIZE builds FILE (with a bitmap b0 recording ~1% of
 # scattered writes) and FILE.before (the disk before those writes).
+
+# serve IMAGE SOCK [ARGS]: qemu-nbd read-only on SOCK, its pid added to the
+# caller's pids array (killed by its cleanup).
+serve() {   # serve IMAGE SOCK [ARGS]
+    local img=$1 sock=$2
+    shift 2
+    qemu-nbd --fork --pid-file="$sock.pid" -k "$sock" -t -r -f qcow2 --shared=8 "$@" "$img"
+    pids+=("$(cat "$sock.pid")")
+}
 
 make_disk() {   # make_disk FILE SIZE
     local img=$1 size=$2 tmp=$1.tmp

@@ -30,12 +30,6 @@ log() { printf '%s\n' "$*" >&2; }
 . "$here/bench-disk.sh"
 disk=$BENCH_DIR/disk-4g.qcow2
 [ -f "$disk" ] && [ -f "$disk.before" ] || make_disk "$disk" $((4 * GiB))
-serve() {   # serve IMAGE SOCK [ARGS]
-    local img=$1 sock=$2
-    shift 2
-    qemu-nbd --fork --pid-file="$sock.pid" -k "$sock" -t -r -f qcow2 --shared=8 "$@" "$img"
-    pids+=("$(cat "$sock.pid")")
-}
 serve "$disk" "$work/src.sock" -B b0
 src="nbd+unix:///?socket=$work/src.sock"
 serve "$disk.before" "$work/before.sock"

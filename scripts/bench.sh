@@ -52,12 +52,6 @@ fi
 # writes ($before); the incremental then reads what b0 marks, as a nightly
 # run does.
 
-serve() {   # serve IMAGE SOCK [ARGS]
-    local img=$1 sock=$2
-    shift 2
-    qemu-nbd --fork --pid-file="$sock.pid" -k "$sock" -t -r -f qcow2 --shared=8 "$@" "$img"
-    pids+=("$(cat "$sock.pid")")
-}
 serve "$disk" "$work/src.sock" -B b0
 src="nbd+unix:///?socket=$work/src.sock"
 serve "$disk.before" "$work/before.sock"
