@@ -22,7 +22,10 @@
 
 #define CHUNK_REC 57
 #define RUN_REC 20
-#define MAX_BODY (1ull << 32)
+/* The largest body read: 256 MiB holds some 13 million runs.  The frame's
+ * claimed size is never trusted for an allocation: the body is
+ * decompressed into a buffer that grows with what really comes out. */
+#define MAX_BODY (256ull << 20)
 
 int manifest_add_pack(struct manifest *m, const char *name, uint64_t size)
 {
@@ -357,6 +360,56 @@ static int parse_body(const uint8_t *b, size_t len, const char *name, struct man
     return 0;
 }
 
+/* The frame into *out (*n bytes, exactly want): NULL, or why not. */
+static const char *inflate(const uint8_t *in, size_t len, size_t want, uint8_t **out, size_t *n)
+{
+    ZSTD_DStream *ds = ZSTD_createDStream();
+    ZSTD_inBuffer ib = { in, len, 0 };
+    size_t cap = want < (1u << 20) ? want : (1u << 20);
+    uint8_t *b = malloc(cap);
+    const char *why = NULL;
+
+    if (!ds || !b) {
+        why = "out of memory";
+        goto out;
+    }
+    for (;;) {
+        ZSTD_outBuffer ob = { b, cap, *n };
+        size_t r = ZSTD_decompressStream(ds, &ob, &ib);
+        *n = ob.pos;
+        if (ZSTD_isError(r)) {
+            why = "is damaged (its frame does not decompress)";
+            break;
+        }
+        if (r == 0)
+            break;                 /* the frame is complete */
+        if (*n > want || (ib.pos == ib.size && ob.pos < ob.size)) {
+            why = "is damaged (short or long frame)";
+            break;
+        }
+        if (ob.pos == ob.size) {
+            size_t ncap = cap * 2 > want ? want + 1 : cap * 2;
+            uint8_t *nb = realloc(b, ncap);
+            if (!nb) {
+                why = "out of memory";
+                break;
+            }
+            b = nb;
+            cap = ncap;
+        }
+    }
+    if (!why && (*n != want || ib.pos != ib.size))
+        why = "is damaged (its frame's size)";
+out:
+    ZSTD_freeDStream(ds);
+    if (why) {
+        free(b);
+        b = NULL;
+    }
+    *out = b;
+    return why;
+}
+
 int manifest_decode(const void *buf, size_t len, const char *name, struct manifest *m)
 {
     const uint8_t *in = buf;
@@ -374,14 +427,10 @@ int manifest_decode(const void *buf, size_t len, const char *name, struct manife
         error_set(EINVAL, "manifest %s is damaged (its frame)", name);
         return -1;
     }
-    if (!(b = malloc((size_t)size))) {
-        error_set(ENOMEM, "manifest %s: out of memory", name);
-        return -1;
-    }
-    size_t n = ZSTD_decompress(b, (size_t)size, in + 8, len - 8);
-    if (ZSTD_isError(n) || n != size)
-        error_set(EINVAL, "manifest %s is damaged (%s)", name,
-                  ZSTD_isError(n) ? ZSTD_getErrorName(n) : "short frame");
+    size_t n = 0;
+    const char *why = inflate(in + 8, len - 8, (size_t)size, &b, &n);
+    if (why)
+        error_set(why[0] == 'o' ? ENOMEM : EINVAL, "manifest %s %s", name, why);
     else
         ret = parse_body(b, n, name, m);
     free(b);
