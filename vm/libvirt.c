@@ -439,10 +439,15 @@ static int abort_job(struct vm *v)
     }
     for (unsigned i = 0; i < v->timeout_s * 20; i++) {
         char *xml = virDomainBackupGetXMLDesc(p->dom, 0);
-        virDomainJobInfo info;
         /* gone from both views: the backup document and the domain's
-         * job (which can outlive the document for a moment) */
-        if (!xml && (virDomainGetJobInfo(p->dom, &info) < 0 || info.type == VIR_DOMAIN_JOB_NONE))
+         * job (which can outlive the document for a moment), asked as
+         * `virsh domjobinfo` asks (the job's statistics: the older
+         * virDomainGetJobInfo said "none" a moment before they did) */
+        int type = VIR_DOMAIN_JOB_NONE, nparams = 0;
+        virTypedParameterPtr params = NULL;
+        int st = xml ? 0 : virDomainGetJobStats(p->dom, &type, &params, &nparams, 0);
+        virTypedParamsFree(params, nparams);
+        if (!xml && (st < 0 || type == VIR_DOMAIN_JOB_NONE))
             return 0;
         free(xml);
         usleep(50000);
