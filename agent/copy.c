@@ -263,16 +263,20 @@ struct dlist {
     size_t n, cap;
 };
 
-static int collect_disk(void *opaque, const struct catalog_point *p)
+static int add_disk(struct dlist *d, const char *name)
 {
-    struct dlist *d = opaque;
     for (size_t i = 0; i < d->n; i++)
-        if (!strcmp(d->name[i], p->disk))
+        if (!strcmp(d->name[i], name))
             return 0;
     if (VEC_RESERVE(d->name, d->n, d->cap, 16) < 0)
         return -1;
-    snprintf(d->name[d->n++], sizeof *d->name, "%s", p->disk);
+    snprintf(d->name[d->n++], sizeof *d->name, "%s", name);
     return 0;
+}
+
+static int collect_disk(void *opaque, const struct catalog_point *p)
+{
+    return add_disk(opaque, p->disk);
 }
 
 int agent_copy(struct agent_repo *src, const struct agent_copy_opts *o, struct agent_copy_result *res)
@@ -299,9 +303,8 @@ int agent_copy(struct agent_repo *src, const struct agent_copy_opts *o, struct a
     }
     if (o->disk) {
         int64_t id;
-        if (agent_disk_id(src, o->disk, &id) < 0 || collect_disk(&d, &(struct catalog_point){ 0 }) < 0)
+        if (agent_disk_id(src, o->disk, &id) < 0 || add_disk(&d, o->disk) < 0)
             goto out;
-        snprintf(d.name[0], sizeof *d.name, "%s", o->disk);
     } else if (catalog_point_list(src->cat, NULL, collect_disk, &d) < 0) {
         goto out;
     }

@@ -3,7 +3,7 @@
 # nbdvault copy from a local repository to a bucket: every point the bucket
 # lacks is copied and restores bit-identically from it; a rerun copies and
 # uploads nothing; a copy cut short (one point, then all) uploads no chunk
-# twice; copy-to in a config file copies each new backup at once; the
+# twice; copy-to in a config file (backup's, run's) copies each new point at once; the
 # bucket keeps its own retention (prune on it leaves the local one alone).
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -68,14 +68,32 @@ qemu-img convert -O raw disk.qcow2 ref-4.raw
 run "$NBDVAULT" restore --repo "$to" --disk vm1 --output r.raw
 cmp r.raw ref-4.raw || fail "the point copied by copy-to differs"
 
+# copy-to in a run's job file: the run's new point reaches the bucket.
+qemu-io -f qcow2 -c "write -P 0x5a $((9 * M)) 65536" disk.qcow2 >/dev/null
+qemu-img convert -O raw disk.qcow2 ref-5.raw
+serve_disk disk.qcow2
+cat > job.conf <<CONF
+[defaults]
+repo = $local
+copy-to = $to
+[vm vm1]
+uri = $uri
+bitmap = b0
+CONF
+run "$NBDVAULT" run --config job.conf 2> run.err || { cat run.err; fail "the run failed"; }
+grep -q "copied 1 point" run.err || { cat run.err; fail "the run did not copy its new point"; }
+unserve
+run "$NBDVAULT" restore --repo "$to" --disk vm1 --output r.raw
+cmp r.raw ref-5.raw || fail "the point copied by the run differs"
+
 # The bucket's own retention.
 run "$NBDVAULT" prune --repo "$to" --disk vm1 --keep-last 1
 [ "$("$NBDVAULT" list --repo "$to" --json | "$PYTHON" -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 1 ] ||
     fail "the bucket kept other than 1 point"
-[ "$("$NBDVAULT" list --repo "$local" --json | "$PYTHON" -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 4 ] ||
+[ "$("$NBDVAULT" list --repo "$local" --json | "$PYTHON" -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 5 ] ||
     fail "pruning the bucket touched the local repository"
 run "$NBDVAULT" restore --repo "$to" --disk vm1 --output r.raw
-cmp r.raw ref-4.raw || fail "the kept point differs after the bucket's prune"
+cmp r.raw ref-5.raw || fail "the kept point differs after the bucket's prune"
 run "$NBDVAULT" gc --repo "$to"
 run "$NBDVAULT" verify --repo "$to"
 expect_fail 2 "needs --disk" "$NBDVAULT" copy --repo "$local" --to "$to" --point 1
