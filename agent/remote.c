@@ -352,14 +352,16 @@ int remote_publish(struct agent_repo *r, const struct catalog_point *p)
     struct catalog_remote rem = { .point_id = p->id, .gen = 1 };
     char key[STORE_KEY_MAX], stamp[32], rnd[17];
     time_t t = (time_t)p->started;
+    unsigned ms = (unsigned)((p->started - (double)t) * 1000.0) % 1000;
     struct tm tm;
 
-    /* A uid sorts by the point's start: parents list before children. */
+    /* A uid sorts by the point's start to the millisecond: parents list
+     * before children, and one host's points in the order it made them. */
     gmtime_r(&t, &tm);
-    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", &tm);
     if (random_hex(rnd, 8) < 0)
         goto fail;
-    snprintf(rem.uid, sizeof rem.uid, "%.16s-%.16s", stamp, rnd);
+    snprintf(rem.uid, sizeof rem.uid, "%.15s%03uZ-%.16s", stamp, ms, rnd);
     if (put_manifest(r, p, rem.uid, rem.gen) < 0)
         goto fail;
     if (catalog_remote_set(r->cat, &rem) < 0) {
@@ -461,6 +463,7 @@ struct entry {
     int64_t point;                /* in the cache, 0 none */
     unsigned have_gen;
     bool done;
+    struct entry *waits;          /* the parent it waits for, not yet imported */
 };
 
 struct listing {
@@ -562,6 +565,7 @@ static int import_one(struct agent_repo *r, struct listing *l, struct entry *e)
             goto out;
         }
         if (!pe->done) {
+            e->waits = pe;
             ret = 1;
             goto out;
         }
@@ -603,27 +607,42 @@ out:
     return ret;
 }
 
+/* In listing order (the points' start), except that a point met before its
+ * parent is imported right after it: a cache rebuilt from the bucket numbers
+ * one host's points as that host did. */
 static int import_all(struct agent_repo *r, struct listing *l)
 {
-    for (bool progress = true; progress;) {
-        bool waiting = false;
-        progress = false;
-        for (size_t i = 0; i < l->n; i++) {
-            if (l->e[i].done)
-                continue;
-            int k = import_one(r, l, &l->e[i]);
-            if (k < 0)
-                return -1;
-            if (k == 0)
-                progress = true;
-            else
-                waiting = true;
+    size_t waiting = 0;
+
+    for (size_t i = 0; i < l->n;) {
+        struct entry *e = &l->e[i];
+        if (e->done || (e->waits && !e->waits->done)) {
+            i++;
+            continue;
         }
-        if (!waiting)
-            return 0;
+        bool waited = e->waits != NULL;
+        int k = import_one(r, l, e);
+        if (k < 0)
+            return -1;
+        if (k > 0) {
+            waiting += !waited;
+            i++;
+            continue;
+        }
+        waiting -= waited;
+        size_t next = i + 1;
+        for (size_t j = 0; waiting && j < i; j++)
+            if (l->e[j].waits == e && !l->e[j].done) {
+                next = j;
+                break;
+            }
+        i = next;
     }
-    error_set(EINVAL, "the bucket's manifests name parents in a cycle");
-    return -1;
+    if (waiting) {
+        error_set(EINVAL, "the bucket's manifests name parents in a cycle");
+        return -1;
+    }
+    return 0;
 }
 
 struct packset {

@@ -203,7 +203,7 @@ int catalog_points_using_chunk(struct catalog *c, int64_t chunk_id,
  * rewritten (a prune merged its parent into it). */
 struct catalog_remote {
     int64_t point_id;
-    char uid[40];                 /* 32 hex digits */
+    char uid[40];                 /* the manifest's UID (docs/FORMAT.md) */
     unsigned gen;
 };
 /* 1 found, 0 none, -1 error. */

@@ -89,6 +89,10 @@ export XDG_CACHE_HOME=$testdir/new-machine
 # (Pages of two keys: every listing takes its continuation tokens.)
 NBDVAULT_S3_LIST_MAX=2 run "$NBDVAULT" catalog rebuild --repo "$repo" | tee rebuild.out
 grep -q "5 restore point" rebuild.out || fail "the rebuilt catalog does not hold 5 points"
+# Numbered as the hosts that made them saw them (host A has imported B's).
+"$NBDVAULT" list --repo "$repo" --json > list-new.json
+XDG_CACHE_HOME=$testdir/host-a "$NBDVAULT" list --repo "$repo" --json > list-a.json
+cmp list-a.json list-new.json || { diff list-a.json list-new.json; fail "the rebuilt cache numbers the points otherwise"; }
 for p in 1 2; do
     run "$NBDVAULT" restore --repo "$repo" --disk vm1 --point "$(jget p$p.json point)" --output r.raw
     cmp r.raw ref-$p.raw || fail "point $p restored on an empty machine differs"
