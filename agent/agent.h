@@ -204,19 +204,21 @@ struct agent_verify_opts {
     const char *disk;             /* NULL: every disk */
     int64_t point;                /* 0: every point (of the disk) */
     /* Packs whose data is read (every chunk checked): 0-100 percent, a
-     * fixed subset by name; the others are checked by size alone.  -1: the
-     * default, every pack locally, none in a bucket (--read-data: 100). */
+     * fixed subset by name; the others are checked by their index and size.
+     * -1: the default, every pack locally, none in a bucket (--read-data:
+     * 100). */
     int read_data_pct;
     /* Each damage found, as one line ("chunk ... in pack ...: CRC mismatch;
      * points 3, 4"). */
     void (*damage)(void *opaque, const char *msg);
+    agent_warn_fn warn;           /* waiting for a gc, a stale lock broken */
     agent_progress_fn progress;
     void *opaque;
 };
 
 struct agent_verify_result {
     uint64_t points, packs, chunks, bytes;
-    uint64_t packs_size_only;     /* checked by size alone (not read) */
+    uint64_t packs_index_only;    /* checked by their index and size, data not read */
     uint64_t damaged_packs, damaged_chunks;
     bool catalog_ok;
     int64_t *affected;            /* points affected by damage (malloc'ed) */

@@ -545,7 +545,7 @@ int agent_backup(struct agent_repo *r, const struct agent_backup_opts *o,
     if (broken[0])
         warn(o, broken);
     struct remote_lock *rl = NULL;
-    if (r->remote && agent_bucket_lock(r, false, o->disk, o->warn, o->opaque, &rl) < 0) {
+    if (r->remote && agent_bucket_lock(r, false, "backup", o->disk, 0, o->warn, o->opaque, &rl) < 0) {
         struct error_saved e;
         error_save(&e);
         catalog_unlock(r->cat, lockname);

@@ -221,7 +221,7 @@ static int copy_disk(struct copy *c, const char *disk)
         goto out;
     if (broken[0])
         agent_notify(c->o->warn, c->o->opaque, "%s", broken);
-    if (c->dst->remote && agent_bucket_lock(c->dst, false, disk, c->o->warn, c->o->opaque, &rl) < 0)
+    if (c->dst->remote && agent_bucket_lock(c->dst, false, "copy", disk, 0, c->o->warn, c->o->opaque, &rl) < 0)
         goto unlock;
     for (size_t i = 0; i < l.n; i++) {
         struct catalog_point *p = &l.p[i];

@@ -25,6 +25,22 @@ void agent_notify(agent_warn_fn fn, void *opaque, const char *fmt, ...) __attrib
  * repository has no disk named ..."). */
 int agent_disk_id(struct agent_repo *r, const char *name, int64_t *id);
 
+/* The lock of a command that only reads chunks (restore, verify): the
+ * catalog lock "TASK:PID", which only gc excludes, and in a bucket the
+ * shared lock "TASK of DISK" that every host's gc and prune respect.  A gc
+ * or prune under way is waited for, up to AGENT_GC_WAIT_S (said once
+ * through warn). */
+#define AGENT_GC_WAIT_S 3600
+struct remote_lock;
+struct agent_read_lock {
+    char name[64];
+    struct remote_lock *rl;
+    bool held;
+};
+int agent_read_lock(struct agent_repo *r, const char *task, const char *disk, agent_warn_fn warn,
+                    void *opaque, struct agent_read_lock *l);
+void agent_read_unlock(struct agent_repo *r, struct agent_read_lock *l);   /* keeps the error */
+
 struct pack_reader;
 /* Reads and checks the chunk a catalog row names into out[ch->plain_len]
  * (the one conversion of a catalog row into a pack entry). */

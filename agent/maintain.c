@@ -56,6 +56,10 @@ struct verify {
     struct pack_reader *reader;
     uint8_t *buf;
     struct idset selected, packs_seen, affected;
+    struct pack_entry *index;     /* the trailer of the pack checked last */
+    size_t nindex;
+    int64_t index_pack;
+    bool index_bad;
     struct agent_progress progress;
     int pct;                      /* packs read, percent */
 };
@@ -73,20 +77,27 @@ static bool pack_read(const struct verify *v, const char *name)
     return (int)(h % 100) < v->pct;
 }
 
-/* A pack not read: its size in the store against the catalog's. */
-static int check_size(struct verify *v, int64_t pack_id, const char *name)
+/* A pack whose data is not read: its trailer, read from the back, and its
+ * size against the catalog's; the chunks that follow compare their rows
+ * with its records (index_entry). */
+static int load_index(struct verify *v, int64_t pack_id, const char *name)
 {
-    char key[PACK_NAME_MAX + 8];
-    uint64_t want, have;
+    uint64_t want, have = UINT64_MAX;
 
-    v->res->packs_size_only++;
-    snprintf(key, sizeof key, "packs/%s", name);
+    free(v->index);
+    v->index = NULL;
+    v->nindex = 0;
+    v->index_pack = pack_id;
+    v->index_bad = false;
     if (catalog_pack_size(v->r->cat, pack_id, &want) < 0)
         return -1;
-    if (store_stat(v->r->store, key, &have) < 0) {
+    int ri = pack_read_index(v->r->store, name, &have, &v->index, &v->nindex);
+    if (ri < 0 && (have == UINT64_MAX || have == want)) {
+        v->index_bad = true;
         v->res->damaged_packs++;
-        damage(v, "pack %s: %s", name, error_msg());
-    } else if (have != want) {
+        damage(v, "%s", error_msg());
+    } else if (have != want) {       /* the clearer word on a cut or grown pack */
+        v->index_bad = true;
         v->res->damaged_packs++;
         damage(v, "pack %s: %llu bytes in the store, %llu recorded", name,
                (unsigned long long)have, (unsigned long long)want);
@@ -94,6 +105,30 @@ static int check_size(struct verify *v, int64_t pack_id, const char *name)
     return 0;
 }
 
+static int check_index(struct verify *v, int64_t pack_id, const char *name)
+{
+    v->res->packs_index_only++;
+    return load_index(v, pack_id, name);
+}
+
+static int by_offset(const void *key, const void *elem)
+{
+    uint64_t off = *(const uint64_t *)key, e = ((const struct pack_entry *)elem)->offset;
+    return off < e ? -1 : off > e;
+}
+
+/* Whether the index of a pack not read holds the record a catalog row
+ * says it does. */
+static bool index_agrees(const struct verify *v, const struct catalog_chunk *ch)
+{
+    struct pack_entry want = { .codec = ch->codec, .stored_len = ch->stored_len,
+                               .plain_len = ch->plain_len, .crc = ch->crc, .offset = ch->offset };
+    const struct pack_entry *e = v->nindex ? bsearch(&ch->offset, v->index, v->nindex, sizeof *v->index,
+                                                     by_offset) : NULL;
+
+    memcpy(want.hash, ch->hash, PACK_HASH_LEN);
+    return e && pack_entry_equal(e, &want);
+}
 
 static int select_point(void *opaque, const struct agent_point *p)
 {
@@ -111,7 +146,7 @@ static int scan_pack_once(struct verify *v, int64_t pack_id, const char *name)
         return -1;
     v->res->packs++;
     if (!pack_read(v, name))
-        return check_size(v, pack_id, name);
+        return check_index(v, pack_id, name);
     if (pack_scan(v->r->store, name, false, NULL, NULL) < 0) {
         v->res->damaged_packs++;
         damage(v, "%s", error_msg());
@@ -119,37 +154,58 @@ static int scan_pack_once(struct verify *v, int64_t pack_id, const char *name)
     return 0;
 }
 
+/* Adds the points that use a damaged chunk to the report; msg (NULL: the
+ * pack's own damage was reported) names the damage. */
+static int chunk_damaged(struct verify *v, const struct catalog_chunk *ch, const char *msg)
+{
+    char list[512] = "";
+    struct idset pts = { 0 };
+    size_t used = 0;
+    int ret = -1;
+
+    if (msg)
+        v->res->damaged_chunks++;
+    if (catalog_points_using_chunk(v->r->cat, ch->id, idset_cb, &pts) < 0)
+        goto out;
+    for (size_t i = 0; i < pts.n; i++) {
+        if (used + 24 < sizeof list)
+            used += (size_t)snprintf(list + used, sizeof list - used, "%s%lld", i ? ", " : "",
+                                     (long long)pts.v[i]);
+        if (idset_add(&v->affected, pts.v[i]) < 0)
+            goto out;
+    }
+    if (msg)
+        damage(v, "%s; affects point%s %s", msg, pts.n == 1 ? "" : "s", pts.n ? list : "(none)");
+    ret = 0;
+out:
+    free(pts.v);
+    return ret;
+}
+
 static int verify_chunk(void *opaque, const struct catalog_chunk *ch)
 {
     struct verify *v = opaque;
+    char msg[1024];
+
     if (scan_pack_once(v, ch->pack_id, ch->pack) < 0)
         return -1;
-    if (!pack_read(v, ch->pack))
-        return 0;
+    if (!pack_read(v, ch->pack)) {
+        if (v->index_pack != ch->pack_id && load_index(v, ch->pack_id, ch->pack) < 0)
+            return -1;
+        if (v->index_bad)
+            return chunk_damaged(v, ch, NULL);
+        if (index_agrees(v, ch))
+            return 0;
+        snprintf(msg, sizeof msg, "pack %s: the index has no entry at offset %llu as the catalog "
+                 "records it", ch->pack, (unsigned long long)ch->offset);
+        return chunk_damaged(v, ch, msg);
+    }
     v->res->chunks++;
     v->res->bytes += ch->plain_len;
     if (agent_chunk_read(v->reader, ch, v->buf) < 0) {
-        char msg[1024], list[512] = "";
-        struct idset pts = { 0 };
-        size_t used = 0;
-
         snprintf(msg, sizeof msg, "%s", error_msg());
-        v->res->damaged_chunks++;
-        if (catalog_points_using_chunk(v->r->cat, ch->id, idset_cb, &pts) < 0) {
-            free(pts.v);
+        if (chunk_damaged(v, ch, msg) < 0)
             return -1;
-        }
-        for (size_t i = 0; i < pts.n; i++) {
-            if (used + 24 < sizeof list)
-                used += (size_t)snprintf(list + used, sizeof list - used, "%s%lld", i ? ", " : "",
-                                         (long long)pts.v[i]);
-            if (idset_add(&v->affected, pts.v[i]) < 0) {
-                free(pts.v);
-                return -1;
-            }
-        }
-        damage(v, "%s; affects point%s %s", msg, pts.n == 1 ? "" : "s", pts.n ? list : "(none)");
-        free(pts.v);
     }
     agent_progress_report(&v->progress, v->res->bytes, 0, 0);
     return 0;
@@ -168,12 +224,21 @@ int agent_verify(struct agent_repo *r, const struct agent_verify_opts *o,
     int ret = -1;
 
     memset(res, 0, sizeof *res);
+    /* gc would make a chunk it moves look lost.  A lock that cannot be
+     * written (a damaged catalog, read-only credentials) does not stop the
+     * check. */
+    struct agent_read_lock lk;
+    if (agent_read_lock(r, "verify", o->disk, o->warn, o->opaque, &lk) < 0) {
+        if (error_errno() == EBUSY)
+            return -1;
+        agent_notify(o->warn, o->opaque, "verifying without a lock against gc: %s", error_msg());
+    }
     v.progress = (struct agent_progress){ o->progress, o->opaque, 0 };
     v.pct = o->read_data_pct < 0 ? (r->remote ? 0 : 100) : o->read_data_pct;
 
     int ic = catalog_integrity_check(r->cat, &report);
     if (ic < 0)
-        return -1;
+        goto out;
     res->catalog_ok = ic == 0;
     if (ic > 0) {
         damage(&v, "catalog: SQLite integrity check: %s", report ? report : "failed");
@@ -206,6 +271,8 @@ out:
     free(v.selected.v);
     free(v.packs_seen.v);
     free(v.affected.v);
+    free(v.index);
+    agent_read_unlock(r, &lk);
     return ret;
 }
 
@@ -288,7 +355,7 @@ int agent_prune(struct agent_repo *r, const struct agent_prune_opts *o,
         if (broken[0] && o->warn)
             o->warn(o->opaque, broken);
         /* In a bucket: exclusive against every host's backups and gc. */
-        if (r->remote && agent_bucket_lock(r, true, o->disk, o->warn, o->opaque, &rl) < 0)
+        if (r->remote && agent_bucket_lock(r, true, "prune", o->disk, 0, o->warn, o->opaque, &rl) < 0)
             goto out;
     }
     if (agent_list(r, o->disk, collect_pinfo, &v) < 0)
@@ -589,7 +656,7 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
      * may reference packs no manifest names yet), then the cache brought
      * up to date under the lock. */
     struct remote_lock *rl = NULL;
-    if (r->remote && agent_bucket_lock(r, true, NULL, o->note, o->opaque, &rl) < 0)
+    if (r->remote && agent_bucket_lock(r, true, "gc", NULL, 0, o->note, o->opaque, &rl) < 0)
         goto out;
 
     /* 1. Chunks no point references any more. */

@@ -647,6 +647,32 @@ int pack_scan(struct store *st, const char *name, bool check_ids,
     return r;
 }
 
+int pack_read_index(struct store *st, const char *name, uint64_t *size, struct pack_entry **entries,
+                    size_t *count)
+{
+    char shown[PATH_MAX];
+    struct store_obj *o;
+    int r;
+
+    *entries = NULL;
+    *count = 0;
+    *size = UINT64_MAX;
+    if (check_name(name) < 0)
+        return -1;
+    snprintf(shown, sizeof shown, "packs/%s", name);
+    if (store_display_name(st, shown, shown, sizeof shown) < 0)
+        return -1;
+    if (!(o = open_pack(st, name))) {
+        error_prefix("pack %s: ", shown);
+        return -1;
+    }
+    struct pack_src src = { shown, store_obj_size(o), obj_read, o };
+    *size = src.size;
+    r = pack_parse_index(&src, entries, count);
+    store_obj_close(o);
+    return r;
+}
+
 int pack_remove(struct store *st, const char *name)
 {
     char key[PACK_NAME_MAX + 8];

@@ -71,6 +71,12 @@ int pack_reader_get(struct pack_reader *r, const char *pack_name, const struct p
 int pack_scan(struct store *st, const char *name, bool check_ids,
               int (*fn)(void *opaque, const struct pack_entry *e), void *opaque);
 
+/* pack_parse_index (agent/packfmt.h) of the pack <name>: its trailer only
+ * (two ranged reads in a bucket); *size receives the pack's size, also
+ * when its trailer is damaged (UINT64_MAX when the pack could not be opened). */
+int pack_read_index(struct store *st, const char *name, uint64_t *size, struct pack_entry **entries,
+                    size_t *count);
+
 /* Removes the pack <name> (or a leftover partial one) durably. */
 int pack_remove(struct store *st, const char *name);
 /* Calls fn for every pack and leftover partial pack (is_temp) in the

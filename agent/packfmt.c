@@ -421,6 +421,114 @@ int pack_parse(const struct pack_src *src, bool check_ids,
     return r;
 }
 
+/* Exactly len bytes at off, or -1 naming what was short. */
+static int read_exact(const struct pack_src *src, void *buf, size_t len, uint64_t off,
+                      const char *what)
+{
+    ssize_t n = src->read(src->opaque, buf, len, off);
+    if (n < 0) {
+        error_prefix("pack %s: ", src->name);
+        return -1;
+    }
+    if ((size_t)n < len) {
+        error_set(EIO, "pack %s: truncated at offset %llu (%s at offset %llu needs %zu bytes)",
+                  src->name, (unsigned long long)(off + (uint64_t)n), what,
+                  (unsigned long long)off, len);
+        return -1;
+    }
+    return 0;
+}
+
+/* The footer: where the index starts and how many records it holds, which
+ * must end the pack exactly. */
+static int index_footer(const struct pack_src *src, uint64_t *index_off, uint32_t *count,
+                        uint32_t *crc)
+{
+    uint8_t f[PACK_FOOTER_LEN];
+
+    if (src->size < PACK_FILE_HDR_LEN + PACK_INDEX_HDR_LEN + PACK_FOOTER_LEN) {
+        error_set(EIO, "pack %s: truncated at offset %llu (a pack holds at least %d bytes)",
+                  src->name, (unsigned long long)src->size,
+                  PACK_FILE_HDR_LEN + PACK_INDEX_HDR_LEN + PACK_FOOTER_LEN);
+        return -1;
+    }
+    uint64_t off = src->size - PACK_FOOTER_LEN;
+    if (read_exact(src, f, sizeof f, off, "footer") < 0)
+        return -1;
+    if (memcmp(f + 16, footer_magic, 8) != 0) {
+        error_set(EIO, "pack %s: footer at offset %llu: bad magic", src->name, (unsigned long long)off);
+        return -1;
+    }
+    *index_off = be_get64(f);
+    *count = be_get32(f + 8);
+    *crc = be_get32(f + 12);
+    uint64_t len = PACK_INDEX_HDR_LEN + (uint64_t)*count * PACK_INDEX_REC_LEN;
+    if (*index_off < PACK_FILE_HDR_LEN || *index_off > off || len != off - *index_off) {
+        error_set(EIO, "pack %s: footer at offset %llu: an index of %u records at offset %llu "
+                  "does not end where the footer starts", src->name, (unsigned long long)off,
+                  *count, (unsigned long long)*index_off);
+        return -1;
+    }
+    return 0;
+}
+
+/* One record against the pack's layout: its entry lies after the one before
+ * it (prev_end) and before the index. */
+static int index_record(const struct pack_src *src, const uint8_t *p, size_t i, uint64_t index_off,
+                        uint64_t *prev_end, struct pack_entry *e)
+{
+    pack_decode_index_rec(p, e);
+    if (p[33] || p[34] || p[35] || pack_check_entry(e, EIO) < 0 || e->offset < *prev_end ||
+        e->offset > index_off || PACK_ENTRY_HDR_LEN + (uint64_t)e->stored_len > index_off - e->offset) {
+        error_set(EIO, "pack %s: index record %zu (entry at offset %llu, %u stored bytes) does "
+                  "not fit the pack", src->name, i, (unsigned long long)e->offset, e->stored_len);
+        return -1;
+    }
+    *prev_end = e->offset + PACK_ENTRY_HDR_LEN + e->stored_len;
+    return 0;
+}
+
+int pack_parse_index(const struct pack_src *src, struct pack_entry **entries, size_t *count)
+{
+    uint64_t index_off, prev_end = PACK_FILE_HDR_LEN;
+    uint32_t n, crc;
+
+    *entries = NULL;
+    *count = 0;
+    if (index_footer(src, &index_off, &n, &crc) < 0)
+        return -1;
+    size_t len = PACK_INDEX_HDR_LEN + (size_t)n * PACK_INDEX_REC_LEN;
+    uint8_t *buf = malloc(len);
+    struct pack_entry *e = malloc((n ? n : 1) * sizeof *e);
+    if (!buf || !e) {
+        error_set(ENOMEM, "pack %s: out of memory", src->name);
+        goto fail;
+    }
+    if (read_exact(src, buf, len, index_off, "index") < 0)
+        goto fail;
+    if (memcmp(buf, index_magic, 4) != 0 || be_get32(buf + 4) != n) {
+        error_set(EIO, "pack %s: index at offset %llu: bad magic or count", src->name,
+                  (unsigned long long)index_off);
+        goto fail;
+    }
+    if (chunk_crc_update(0, buf, len) != crc) {
+        error_set(EIO, "pack %s: index CRC mismatch", src->name);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (index_record(src, buf + PACK_INDEX_HDR_LEN + i * PACK_INDEX_REC_LEN, i, index_off,
+                         &prev_end, &e[i]) < 0)
+            goto fail;
+    free(buf);
+    *entries = e;
+    *count = n;
+    return 0;
+fail:
+    free(buf);
+    free(e);
+    return -1;
+}
+
 struct mem {
     const uint8_t *data;
     size_t len;

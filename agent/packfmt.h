@@ -78,6 +78,13 @@ struct pack_src {
  * ("pack NAME: ...") describing the damage. */
 int pack_parse(const struct pack_src *src, bool check_ids,
                int (*fn)(void *opaque, const struct pack_entry *e), void *opaque);
+/* Reads only a pack's trailer, from the back: the footer, which must end
+ * the pack, and the index it names, checked by its CRC and against the
+ * pack's layout (entries in order, between the file header and the index).
+ * The entries themselves are not read.  *entries (free() it) receives the
+ * records in pack order, *count their number; -1 with a message ("pack
+ * NAME: ...") when the trailer is damaged. */
+int pack_parse_index(const struct pack_src *src, struct pack_entry **entries, size_t *count);
 /* pack_parse over a pack in memory. */
 int pack_parse_buffer(const char *name, const void *data, size_t len, bool check_ids,
                       int (*fn)(void *opaque, const struct pack_entry *e), void *opaque);

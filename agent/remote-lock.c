@@ -223,18 +223,25 @@ void remote_unlock(struct remote_lock *l)
     free(l);
 }
 
-int agent_bucket_lock(struct agent_repo *r, bool exclusive, const char *disk, agent_warn_fn warn,
-                      void *opaque, struct remote_lock **out)
+int agent_bucket_lock(struct agent_repo *r, bool exclusive, const char *task, const char *disk,
+                      unsigned wait_s, agent_warn_fn warn, void *opaque, struct remote_lock **out)
 {
     char what[320];
+    bool said = false;
 
     if (disk)
-        snprintf(what, sizeof what, "%s of %s", exclusive ? "prune" : "backup", disk);
+        snprintf(what, sizeof what, "%s of %s", task, disk);
     else
-        snprintf(what, sizeof what, "%s", exclusive ? "gc" : "backup");
+        snprintf(what, sizeof what, "%s", task);
     *out = NULL;
-    if (!(*out = remote_lock(r, exclusive, what, warn, opaque)))
-        return -1;
+    for (unsigned waited = 0; !(*out = remote_lock(r, exclusive, what, warn, opaque)); waited++) {
+        if (error_errno() != EBUSY || waited >= wait_s)
+            return -1;
+        if (!said)
+            agent_notify(warn, opaque, "waiting for the repository: %s", error_msg());
+        said = true;
+        sleep(1);
+    }
     if (remote_sync(r) < 0) {
         struct error_saved e;
         error_save(&e);

@@ -356,7 +356,7 @@ int remote_publish(struct agent_repo *r, const struct catalog_point *p)
     struct tm tm;
 
     /* A uid sorts by the point's start to the millisecond: parents list
-     * before children, and one host's points in the order it made them. */
+     * before children, and a rebuilt cache numbers points by their start. */
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", &tm);
     if (random_hex(rnd, 8) < 0)
@@ -608,8 +608,8 @@ out:
 }
 
 /* In listing order (the points' start), except that a point met before its
- * parent is imported right after it: a cache rebuilt from the bucket numbers
- * one host's points as that host did. */
+ * parent is imported right after it: every cache rebuilt from the bucket
+ * numbers the points alike, and as a host that wrote them alone did. */
 static int import_all(struct agent_repo *r, struct listing *l)
 {
     size_t waiting = 0;

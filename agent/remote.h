@@ -51,10 +51,13 @@ struct remote_lock;
 struct remote_lock *remote_lock(struct agent_repo *r, bool exclusive, const char *what,
                                 agent_warn_fn warn, void *opaque);
 void remote_unlock(struct remote_lock *l);   /* accepts NULL */
-/* The lock a command on disk takes in a bucket (shared: "backup of
- * DISK", exclusive: "prune of DISK", or "gc" without a disk), then the cache brought up to date
- * under it (nothing another host's prune or gc did can be missed). */
-int agent_bucket_lock(struct agent_repo *r, bool exclusive, const char *disk, agent_warn_fn warn,
-                      void *opaque, struct remote_lock **out);
+/* The lock a command takes in a bucket, named "TASK of DISK" (or "TASK"
+ * without a disk): shared for backup, copy, restore, serve and verify,
+ * exclusive for prune and gc; then the cache brought up to date under it
+ * (nothing another host's prune or gc did can be missed).  A conflicting
+ * lock is waited for up to wait_s seconds (saying so once through warn),
+ * then refused with EBUSY naming its holder. */
+int agent_bucket_lock(struct agent_repo *r, bool exclusive, const char *task, const char *disk,
+                      unsigned wait_s, agent_warn_fn warn, void *opaque, struct remote_lock **out);
 
 #endif

@@ -260,6 +260,45 @@ int agent_repo_run_lock(struct agent_repo *r)
     return fd;
 }
 
+int agent_read_lock(struct agent_repo *r, const char *task, const char *disk, agent_warn_fn warn,
+                    void *opaque, struct agent_read_lock *l)
+{
+    char broken[512];
+    bool said = false;
+
+    memset(l, 0, sizeof *l);
+    snprintf(l->name, sizeof l->name, "%s:%d", task, (int)getpid());
+    for (int waited = 0; catalog_lock(r->cat, l->name, broken, sizeof broken) < 0; waited++) {
+        if (error_errno() != EBUSY || waited >= AGENT_GC_WAIT_S)
+            return -1;
+        if (!said)
+            agent_notify(warn, opaque, "waiting for the repository: %s", error_msg());
+        said = true;
+        sleep(1);
+    }
+    l->held = true;
+    if (broken[0])
+        agent_notify(warn, opaque, "%s", broken);
+    if (r->remote && agent_bucket_lock(r, false, task, disk, AGENT_GC_WAIT_S, warn, opaque, &l->rl) < 0) {
+        agent_read_unlock(r, l);
+        return -1;
+    }
+    return 0;
+}
+
+void agent_read_unlock(struct agent_repo *r, struct agent_read_lock *l)
+{
+    struct error_saved e;
+
+    error_save(&e);
+    remote_unlock(l->rl);
+    l->rl = NULL;
+    if (l->held)
+        catalog_unlock(r->cat, l->name);
+    l->held = false;
+    error_restore(&e);
+}
+
 int agent_chunk_read(struct pack_reader *r, const struct catalog_chunk *ch, void *out)
 {
     struct pack_entry e = { .codec = ch->codec, .stored_len = ch->stored_len,

@@ -15,6 +15,7 @@
 
 #include "agent/grid.h"
 #include "agent/internal.h"
+#include "agent/remote.h"
 #include "agent/pack.h"
 #include "agent/sink.h"
 #include "common/clock.h"
@@ -24,7 +25,6 @@
 #include "common/workq.h"
 
 #define NBUFS 32
-#define RESTORE_GC_WAIT_S 3600
 
 struct item {
     struct sink_block blk;        /* first */
@@ -88,30 +88,6 @@ static int wait_sink(void *opaque)
     rs->sink->ops->wait(rs->sink, 250);
     agent_progress_report(&rs->progress, sink_done(rs->sink), rs->size, 0);
     return 0;
-}
-
-/* Takes the restore's lock, waiting (up to RESTORE_GC_WAIT_S) while a gc
- * holds the repository. */
-static int restore_lock(struct agent_repo *r, const struct agent_restore_opts *o, const char *name)
-{
-    char broken[512];
-    bool said = false;
-    for (int waited = 0;; waited++) {
-        if (catalog_lock(r->cat, name, broken, sizeof broken) == 0) {
-            if (broken[0] && o->warn)
-                o->warn(o->opaque, broken);
-            return 0;
-        }
-        if (error_errno() != EBUSY || waited >= RESTORE_GC_WAIT_S)
-            return -1;
-        if (!said && o->warn) {
-            char msg[1200];
-            snprintf(msg, sizeof msg, "waiting for the repository: %s", error_msg());
-            o->warn(o->opaque, msg);
-            said = true;
-        }
-        sleep(1);
-    }
 }
 
 /* The point to restore (the disk's latest when o->point is 0). */
@@ -223,16 +199,14 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
     int ret = -1;
     double t0 = clock_mono_s();
     bool snapshot = false;
-    char lockname[64];
 
     memset(res, 0, sizeof *res);
     rs.progress = (struct agent_progress){ o->progress, o->opaque, 0 };
     uint64_t retries0 = store_retries(r->store);
 
-    /* A lock that only gc conflicts with: gc never moves or deletes a
-     * chunk this restore may still read; a gc under way is waited for. */
-    snprintf(lockname, sizeof lockname, "restore:%d", (int)getpid());
-    if (restore_lock(r, o, lockname) < 0)
+    /* gc never moves or deletes a chunk this restore may still read. */
+    struct agent_read_lock lk;
+    if (agent_read_lock(r, "restore", o->disk, o->warn, o->opaque, &lk) < 0)
         return -1;
 
     /* One read snapshot for the whole restore: a prune committing meanwhile
@@ -265,7 +239,7 @@ int agent_restore(struct agent_repo *r, const struct agent_restore_opts *o,
         free(rs.items[i].blk.buf);
     if (snapshot)
         catalog_snapshot_end(r->cat);
-    catalog_unlock(r->cat, lockname);
+    agent_read_unlock(r, &lk);
     error_restore(&e);
     return ret;
 }

@@ -24,6 +24,7 @@
 
 #include "agent/grid.h"
 #include "agent/internal.h"
+#include "agent/remote.h"
 #include "agent/pack.h"
 #include "common/error.h"
 #include "common/vec.h"
@@ -484,7 +485,13 @@ int agent_serve(struct agent_repo *r, const struct agent_serve_opts *o)
 {
     struct serve_ctx sc = { .repo = r };
     size_t cache = o->cache_bytes ? o->cache_bytes : DEFAULT_CACHE;
+    struct remote_lock *rl = NULL;
     int ret = -1;
+
+    /* In a bucket: a shared lock for as long as points are served, so that
+     * no host's gc deletes a pack a client may still read. */
+    if (r->remote && agent_bucket_lock(r, false, "serve", NULL, 0, NULL, NULL, &rl) < 0)
+        return -1;
 
     for (int i = 0; i < CACHE_STRIPES; i++)
         pthread_mutex_init(&sc.cache.lock[i], NULL);
@@ -495,7 +502,7 @@ int agent_serve(struct agent_repo *r, const struct agent_serve_opts *o)
     sc.cache.slots = calloc(sc.cache.n, sizeof *sc.cache.slots);
     if (!sc.cache.slots) {
         error_set(ENOMEM, "out of memory");
-        return -1;
+        goto out;
     }
     for (size_t i = 0; i < sc.cache.n; i++)
         sc.cache.slots[i].id = -1;
@@ -524,10 +531,14 @@ int agent_serve(struct agent_repo *r, const struct agent_serve_opts *o)
     running = NULL;
 out:
     nbd_server_free(sc.srv);
-    for (size_t i = 0; i < sc.cache.n; i++)
+    for (size_t i = 0; sc.cache.slots && i < sc.cache.n; i++)
         free(sc.cache.slots[i].data);
     free(sc.cache.slots);
     for (int i = 0; i < CACHE_STRIPES; i++)
         pthread_mutex_destroy(&sc.cache.lock[i]);
+    struct error_saved e;
+    error_save(&e);
+    remote_unlock(rl);
+    error_restore(&e);
     return ret;
 }

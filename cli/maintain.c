@@ -20,12 +20,13 @@ static const char verify_help[] =
     "id, checks the packs' own checksums, and runs SQLite's integrity check on\n"
     "the catalog.  Prints what is damaged and which points it affects.\n"
     "\n"
-    "In a bucket (s3://...) verify reads no pack by default: every manifest is\n"
+    "In a bucket (s3://...) verify reads no chunk by default: every manifest is\n"
     "decoded and checked when the cache is brought up to date, and every pack's\n"
-    "size is compared with the catalog's.  --read-data reads every pack as a\n"
-    "local verify does; --read-data-subset N% reads a fixed N% of the packs\n"
-    "(chosen by name, so that a nightly N% covers the same packs, and several\n"
-    "different percentages overlap).\n"
+    "index (its trailer, two ranged reads) is checked by its CRC and against\n"
+    "the catalog's rows, and its size against the catalog's.  --read-data\n"
+    "reads every pack as a local verify does; --read-data-subset N% reads a\n"
+    "fixed N% of the packs (chosen by name, so that a nightly N% covers the\n"
+    "same packs, and several different percentages overlap).\n"
     "\n"
     "Exit codes: 0 nothing damaged, 1 damage found or the check failed, 2 bad usage.\n";
 
@@ -41,6 +42,12 @@ static void on_damage(void *opaque, const char *msg)
         json_object_array_add(v->arr, json_object_new_string(msg));
     else
         printf("damaged: %s\n", msg);
+}
+
+static void on_verify_warn(void *opaque, const char *msg)
+{
+    (void)opaque;
+    fprintf(stderr, "nbdvault verify: warning: %s\n", msg);
 }
 
 int cli_verify(int argc, char **argv)
@@ -97,6 +104,7 @@ int cli_verify(int argc, char **argv)
         return code;
     struct cli_progress prog = { .what = "verify" };
     o.damage = on_damage;
+    o.warn = on_verify_warn;
     o.progress = NULL;
     o.opaque = &v;
     (void)prog;
@@ -117,7 +125,7 @@ int cli_verify(int argc, char **argv)
         json_object_object_add(j, "points", json_object_new_int64((int64_t)res.points));
         json_object_object_add(j, "packs", json_object_new_int64((int64_t)res.packs));
         json_object_object_add(j, "chunks", json_object_new_int64((int64_t)res.chunks));
-        json_object_object_add(j, "packs_size_only", json_object_new_int64((int64_t)res.packs_size_only));
+        json_object_object_add(j, "packs_index_only", json_object_new_int64((int64_t)res.packs_index_only));
         json_object_object_add(j, "bytes", json_object_new_int64((int64_t)res.bytes));
         json_object_object_add(j, "catalog_ok", json_object_new_boolean(res.catalog_ok));
         json_object_object_add(j, "damaged_packs", json_object_new_int64((int64_t)res.damaged_packs));
@@ -134,9 +142,9 @@ int cli_verify(int argc, char **argv)
         printf("checked %llu point(s), %llu pack(s), %llu chunk(s) (%s); catalog %s\n",
                (unsigned long long)res.points, (unsigned long long)res.packs,
                (unsigned long long)res.chunks, b, res.catalog_ok ? "ok" : "DAMAGED");
-        if (res.packs_size_only)
-            printf("%llu pack(s) checked by size only (--read-data reads them)\n",
-                   (unsigned long long)res.packs_size_only);
+        if (res.packs_index_only)
+            printf("%llu pack(s) checked by their index only (--read-data reads them)\n",
+                   (unsigned long long)res.packs_index_only);
         if (bad) {
             printf("DAMAGE: %llu pack(s), %llu chunk(s)", (unsigned long long)res.damaged_packs,
                    (unsigned long long)res.damaged_chunks);

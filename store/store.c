@@ -1,5 +1,6 @@
 /* store/store.c: the store's calls, dispatched to its backend. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,7 +94,10 @@ const char *store_state_dir(const struct store *s)
 
 int store_display_name(const struct store *s, const char *key, char *out, size_t cap)
 {
-    return s->ops->display_name(s, key, out, cap);
+    char k[STORE_KEY_MAX + 1];
+
+    snprintf(k, sizeof k, "%s", key);   /* out may be key */
+    return s->ops->display_name(s, k, out, cap);
 }
 
 struct store_put *store_put_begin(struct store *s, const char *key)

@@ -71,7 +71,8 @@ const char *store_location(const struct store *s);
 /* The local directory for the repository's local state (its catalog,
  * lock files): the directory itself for a local store. */
 const char *store_state_dir(const struct store *s);
-/* How an object is named in messages: its path for a local store. */
+/* How an object is named in messages: its path for a local store (out may
+ * be key). */
 int store_display_name(const struct store *s, const char *key, char *out, size_t cap);
 /* Whether local puts try O_DIRECT (the default; buffered where the file
  * system refuses it).  Tests turn it off to take the buffered path. */

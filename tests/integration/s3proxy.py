@@ -3,7 +3,7 @@
 
     s3proxy.py PORT UPSTREAM-PORT [--error-rate PCT] [--status 503] [--code SlowDown]
                [--retry-after SECONDS] [--reset-put] [--stall-get SECONDS]
-               [--flip-get] [--seed N] [--log FILE]
+               [--flip-get] [--seed N] [--log FILE] [--tls CERT KEY]
 
 Forwards every request to 127.0.0.1:UPSTREAM-PORT unchanged (its Host
 header too, so that SigV4 signatures still hold), except that:
@@ -14,10 +14,12 @@ header too, so that SigV4 signatures still hold), except that:
   --stall-get S      the first GET of a pack range sends half its body, then
                      nothing for S seconds
   --flip-get         the first GET of a pack range has one byte flipped (its 200th)
+  --tls CERT KEY     clients speak https to the proxy (the upstream stays http)
 Each request is logged to --log as "METHOD PATH -> STATUS [fault]".
 """
 import argparse
 import http.client
+import ssl
 import http.server
 import random
 import socket
@@ -145,12 +147,17 @@ def main():
     p.add_argument("--flip-get", action="store_true")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--log")
+    p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     a = p.parse_args()
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
     srv.args = a
     srv.rng = random.Random(a.seed)
     srv.logf = open(a.log, "a") if a.log else None
+    if a.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls[0], a.tls[1])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print("s3proxy: listening on 127.0.0.1:%d" % a.port, flush=True)
     srv.serve_forever()
 

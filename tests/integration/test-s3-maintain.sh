@@ -86,4 +86,28 @@ sleep 2
 NBDVAULT_S3_LOCK_STALE=1 run "$NBDVAULT" gc --repo "$repo" > gc2.out 2>&1 || { cat gc2.out; fail "gc after a stale lock failed"; }
 grep -q "breaking the stale lock" gc2.out || fail "no warning for the broken stale lock"
 run "$NBDVAULT" verify --repo "$repo"
+# A restore on one machine while another machine's gc holds the bucket: it
+# waits, saying so, and restores once the gc is done.
+now=$(date +%s)
+printf '{"kind":"exclusive","host":"other-host","pid":4242,"what":"gc","time":%s}' "$now" > gclock.json
+s3_put "$bucket" r/locks/exclusive-0123456789abcdef gclock.json
+XDG_CACHE_HOME=$testdir/host-b "$NBDVAULT" restore --repo "$repo" --disk slow --output w.raw \
+    > wait.out 2>&1 &
+rs=$!
+for _ in $(seq 100); do grep -q "waiting for the repository" wait.out && break; sleep 0.1; done
+grep -q "waiting for the repository: .*locked by gc on host other-host (pid 4242" wait.out ||
+    { cat wait.out; fail "the restore did not say it waits for the gc"; }
+[ ! -s w.raw ] || fail "the restore wrote while the gc held the bucket"
+s3_curl -X DELETE "$AWS_ENDPOINT_URL/$bucket/r/locks/exclusive-0123456789abcdef" >/dev/null
+wait $rs || { cat wait.out; fail "the restore that waited for the gc failed"; }
+cmp w.raw noise.raw || fail "the restore that waited for the gc differs"
+# A point served from the bucket holds a shared lock: gc is refused.
+"$NBDVAULT" serve --repo "$repo" --socket "$testdir/srv.sock" &
+srv=$!
+cleanup_fn kill $srv
+for _ in $(seq 50); do [ -S srv.sock ] && break; sleep 0.1; done
+expect_fail 1 "locked by serve on host $(hostname)" "$NBDVAULT" gc --repo "$repo"
+kill $srv
+wait $srv || true
+[ -z "$(s3_keys "$bucket" r/locks/)" ] || fail "serve left its lock object"
 echo OK

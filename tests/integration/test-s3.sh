@@ -89,19 +89,21 @@ export XDG_CACHE_HOME=$testdir/new-machine
 # (Pages of two keys: every listing takes its continuation tokens.)
 NBDVAULT_S3_LIST_MAX=2 run "$NBDVAULT" catalog rebuild --repo "$repo" | tee rebuild.out
 grep -q "5 restore point" rebuild.out || fail "the rebuilt catalog does not hold 5 points"
-# Numbered as the hosts that made them saw them (host A has imported B's).
+# Numbered by their start, the same on every machine that rebuilds (and
+# points 1 and 2, made before any other, as host A numbered them: below).
 "$NBDVAULT" list --repo "$repo" --json > list-new.json
-XDG_CACHE_HOME=$testdir/host-a "$NBDVAULT" list --repo "$repo" --json > list-a.json
-cmp list-a.json list-new.json || { diff list-a.json list-new.json; fail "the rebuilt cache numbers the points otherwise"; }
+XDG_CACHE_HOME=$testdir/other-new run "$NBDVAULT" catalog rebuild --repo "$repo" >/dev/null
+XDG_CACHE_HOME=$testdir/other-new "$NBDVAULT" list --repo "$repo" --json > list-other.json
+cmp list-new.json list-other.json || { diff list-new.json list-other.json; fail "two rebuilt caches number the points otherwise"; }
 for p in 1 2; do
     run "$NBDVAULT" restore --repo "$repo" --disk vm1 --point "$(jget p$p.json point)" --output r.raw
     cmp r.raw ref-$p.raw || fail "point $p restored on an empty machine differs"
 done
 run "$NBDVAULT" verify --repo "$repo" --json > v0.json
 [ "$(jget v0.json chunks)" = 0 ] || fail "verify of a bucket read chunks without --read-data"
-[ "$(jget v0.json packs_size_only)" -gt 0 ] || fail "verify checked no pack's size"
+[ "$(jget v0.json packs_index_only)" -gt 0 ] || fail "verify checked no pack's index"
 run "$NBDVAULT" verify --repo "$repo" --read-data --json > v1.json
-[ "$(jget v1.json packs_size_only)" = 0 ] || fail "--read-data left packs unread"
+[ "$(jget v1.json packs_index_only)" = 0 ] || fail "--read-data left packs unread"
 [ "$(jget v1.json chunks)" -gt 0 ] || fail "--read-data read no chunk"
 run "$NBDVAULT" verify --repo "$repo" --read-data-subset 50% >/dev/null
 expect_fail 2 "bad --read-data-subset" "$NBDVAULT" verify --repo "$repo" --read-data-subset 150%
@@ -144,4 +146,33 @@ XDG_CACHE_HOME=$testdir/host-a "$NBDVAULT" verify --repo "$repo" > v2.out || rc=
 cat v2.out
 [ $rc = 1 ] || fail "verify of a truncated pack exited $rc"
 grep -q "${p#nightly/packs/}: 1000 bytes in the store" v2.out || fail "the truncated pack is not named"
+s3_put "$bucket" "$p" pk
+# One byte of a pack's index (the default verify reads it) and one byte of
+# another pack's data (only --read-data reads it), each found and named.
+p2=$(grep '^nightly/packs/' keys | sed -n 2p)
+s3_get "$bucket" "$p2" pk2
+cp pk pk.bad
+cp pk2 pk2.bad
+"$PYTHON" - pk.bad pk2.bad <<'EOF'
+import sys
+b = bytearray(open(sys.argv[1], "rb").read()); b[len(b) - 24 - 56 + 40] ^= 1
+open(sys.argv[1], "wb").write(b)
+b = bytearray(open(sys.argv[2], "rb").read()); b[16 + 56 + 100] ^= 1
+open(sys.argv[2], "wb").write(b)
+EOF
+s3_put "$bucket" "$p" pk.bad
+s3_put "$bucket" "$p2" pk2.bad
+rc=0
+XDG_CACHE_HOME=$testdir/host-a "$NBDVAULT" verify --repo "$repo" --json > v3.json || rc=$?
+[ $rc = 1 ] || fail "verify of a damaged index exited $rc"
+grep -q "${p#nightly/packs/}: index CRC mismatch" v3.json || fail "the damaged index is not named"
+[ "$(jget v3.json damaged_packs)" = 1 ] || fail "verify without --read-data did not find one damaged pack"
+"$PYTHON" -c 'import json,sys; sys.exit(not json.load(open("v3.json"))["affected_points"])' ||
+    fail "the points of the damaged index are not named"
+rc=0
+XDG_CACHE_HOME=$testdir/host-a "$NBDVAULT" verify --repo "$repo" --read-data > v4.out || rc=$?
+cat v4.out
+[ $rc = 1 ] || fail "verify --read-data of damaged packs exited $rc"
+grep -q "DAMAGE: 2 pack(s)" v4.out || fail "--read-data did not find both damaged packs"
+grep -q "${p2#nightly/packs/}" v4.out || fail "the pack with a damaged chunk is not named"
 echo OK

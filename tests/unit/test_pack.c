@@ -666,6 +666,54 @@ static void test_flip_index(void **state)
     written_free(&wr);
 }
 
+/* The trailer alone: the records as written; damage to it is named, damage
+ * to an entry is not seen (only a full read finds that). */
+static void test_read_index(void **state)
+{
+    struct fx *f = *state;
+    struct written wr, empty;
+    struct pack_entry *e;
+    size_t n;
+    uint64_t size, index_off;
+
+    write_pack(f, 20, 21, &wr);
+    index_off = wr.e[19].offset + 56 + wr.e[19].stored_len;
+    assert_int_equal(pack_read_index(f->st, wr.name, &size, &e, &n), 0);
+    assert_int_equal(size, wr.size);
+    assert_int_equal(n, 20);
+    assert_entries_equal(e, wr.e, 20);
+    free(e);
+
+    write_pack(f, 0, 22, &empty);
+    assert_int_equal(pack_read_index(f->st, empty.name, &size, &e, &n), 0);
+    assert_int_equal(n, 0);
+    free(e);
+    written_free(&empty);
+
+    flip_byte(wr.path, wr.e[4].offset + 60);    /* data: not the index's business */
+    assert_int_equal(pack_read_index(f->st, wr.name, &size, &e, &n), 0);
+    free(e);
+    flip_byte(wr.path, wr.e[4].offset + 60);
+    flip_byte(wr.path, index_off + 8 + 5 * 56 + 40);
+    expect_error(pack_read_index(f->st, wr.name, &size, &e, &n), EIO, wr.name, "index CRC mismatch",
+                 NULL);
+    assert_null(e);
+    flip_byte(wr.path, index_off + 8 + 5 * 56 + 40);
+    flip_byte(wr.path, wr.size - 1);
+    expect_error(pack_read_index(f->st, wr.name, &size, &e, &n), EIO, wr.name, "footer", "magic", NULL);
+    flip_byte(wr.path, wr.size - 1);
+    flip_byte(wr.path, wr.size - 24 + 7);      /* the index offset */
+    expect_error(pack_read_index(f->st, wr.name, &size, &e, &n), EIO, wr.name, "does not end", NULL);
+    flip_byte(wr.path, wr.size - 24 + 7);
+    assert_int_equal(truncate(wr.path, (off_t)wr.size - 100), 0);
+    expect_error(pack_read_index(f->st, wr.name, &size, &e, &n), EIO, wr.name, "footer", NULL);
+    assert_int_equal(truncate(wr.path, 10), 0);
+    expect_error(pack_read_index(f->st, wr.name, &size, &e, &n), EIO, wr.name, "truncated", NULL);
+    unlink(wr.path);
+    expect_error(pack_read_index(f->st, wr.name, &size, &e, &n), ENOENT, wr.name, NULL);
+    written_free(&wr);
+}
+
 static void test_truncated(void **state)
 {
     struct fx *f = *state;
@@ -1111,6 +1159,7 @@ int main(void)
         T(test_flip_entry_header),
         T(test_scan_check_ids),
         T(test_flip_index),
+        T(test_read_index),
         T(test_truncated),
         T(test_truncated_footer),
         T(test_garbage),
