@@ -46,8 +46,28 @@ rrepo=s3:$AWS_ENDPOINT_URL/bench/restic
 "$NBDVAULT" init --repo "$repo" >/dev/null
 restic -q -r "$rrepo" init >/dev/null
 
-now() { date +%s.%N; }
-secs() { local t0; t0=$(now); "$@" > /dev/null; echo "$(now) - $t0" | bc -l; }
+# measure VAR CMD...: VAR_s (wall seconds), VAR_rss (the peak RSS of the
+# largest process, KiB), VAR_req and VAR_put (RGW's count of requests and of
+# PUTs while it ran, from its admin socket).
+rgw_count() {
+    ceph --admin-daemon "$RGW_DIR/run/client.rgw.a.asok" perf dump |
+        /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin)["rgw"]; print(d["req"], d["put"])'
+}
+measure() {
+    local var=$1 out r0 p0 r1 p1; shift
+    read -r r0 p0 < <(rgw_count)
+    out=$(/usr/bin/python3 -c '
+import resource, subprocess, sys, time
+t = time.monotonic()
+rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
+print("%.3f %d" % (time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc)' "$@")
+    read -r r1 p1 < <(rgw_count)
+    printf -v "${var}_s" '%s' "${out% *}"
+    printf -v "${var}_rss" '%s' "${out#* }"
+    printf -v "${var}_req" '%s' "$((r1 - r0))"
+    printf -v "${var}_put" '%s' "$((p1 - p0))"
+}
 bucket_bytes() {   # bucket_bytes PREFIX
     curl -sSf --aws-sigv4 "aws:amz:us-east-1:s3" -u "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
         -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
@@ -56,21 +76,29 @@ bucket_bytes() {   # bucket_bytes PREFIX
 }
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 
+npacks() {
+    curl -sSf --aws-sigv4 "aws:amz:us-east-1:s3" -u "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+        -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
+        "$AWS_ENDPOINT_URL/bench?list-type=2&prefix=nbdvault%2Fpacks%2F" | grep -o "<Key>" | wc -l
+}
+
 log "bench-s3: full backup"
-t_full=$(secs "$NBDVAULT" backup "$before" --repo "$repo" --disk d)
-t_rfull=$(secs bash -c "nbdcopy '$before' - | restic -q -r '$rrepo' backup --stdin --stdin-filename d.raw")
+measure full "$NBDVAULT" backup "$before" --repo "$repo" --disk d
+measure rfull bash -c "nbdcopy '$before' - | restic -q -r '$rrepo' backup --stdin --stdin-filename d.raw"
 full_bytes=$(bucket_bytes nbdvault/)
 rfull_bytes=$(bucket_bytes restic/)
+packs0=$(npacks)
 log "bench-s3: incremental"
-t_incr=$(secs "$NBDVAULT" backup "$src" --repo "$repo" --disk d --bitmap b0)
-t_rincr=$(secs bash -c "nbdcopy '$src' - | restic -q -r '$rrepo' backup --stdin --stdin-filename d.raw")
+measure incr "$NBDVAULT" backup "$src" --repo "$repo" --disk d --bitmap b0
+measure rincr bash -c "nbdcopy '$src' - | restic -q -r '$rrepo' backup --stdin --stdin-filename d.raw"
 incr_bytes=$(( $(bucket_bytes nbdvault/) - full_bytes ))
 rincr_bytes=$(( $(bucket_bytes restic/) - rfull_bytes ))
+incr_packs=$(( $(npacks) - packs0 ))
 log "bench-s3: restore"
 rm -rf "$work/cache"          # from the bucket alone, as on a new machine
-t_restore=$(secs "$NBDVAULT" restore --repo "$repo" --disk d --output "$work/out.raw")
+measure restore "$NBDVAULT" restore --repo "$repo" --disk d --output "$work/out.raw"
 rm -f "$work/out.raw"
-t_rrestore=$(secs bash -c "restic -q -r '$rrepo' dump latest d.raw > '$work/out.raw' && sync '$work/out.raw'")
+measure rrestore bash -c "restic -q -r '$rrepo' dump latest d.raw > '$work/out.raw' && sync '$work/out.raw'"
 rm -f "$work/out.raw"
 
 cpu=$(awk -F: '/model name/ { sub(/^ */, "", $2); print $2; exit }' /proc/cpuinfo)
@@ -87,11 +115,18 @@ row() { printf '| %s | %s | %s | %s |\n' "$@"; }
     echo
     echo "| measure | nbdvault | restic | ratio |"
     echo "|---|---|---|---|"
-    row "full backup (s)" "$t_full" "$t_rfull" "$(ratio "$t_rfull" "$t_full")x faster"
+    row "full backup (s)" "$full_s" "$rfull_s" "$(ratio "$rfull_s" "$full_s")x faster"
     row "full backup in the bucket (bytes)" "$full_bytes" "$rfull_bytes" "$(ratio "$full_bytes" "$rfull_bytes")x the size"
-    row "incremental (s)" "$t_incr" "$t_rincr" "$(ratio "$t_rincr" "$t_incr")x faster"
+    row "full backup: requests (PUTs)" "$full_req ($full_put)" "$rfull_req ($rfull_put)" "$(ratio "$full_req" "$rfull_req")x the requests"
+    row "full backup: peak RSS (MiB)" "$((full_rss / 1024))" "$((rfull_rss / 1024))" "$(ratio "$full_rss" "$rfull_rss")x"
+    row "incremental (s)" "$incr_s" "$rincr_s" "$(ratio "$rincr_s" "$incr_s")x faster"
     row "incremental in the bucket (bytes)" "$incr_bytes" "$rincr_bytes" "$(ratio "$incr_bytes" "$rincr_bytes")x the size"
-    row "restore of the newest point (s)" "$t_restore" "$t_rrestore" "$(ratio "$t_rrestore" "$t_restore")x faster"
+    row "incremental: requests (PUTs)" "$incr_req ($incr_put)" "$rincr_req ($rincr_put)" "$(ratio "$incr_req" "$rincr_req")x the requests"
+    row "incremental: PUTs against its new packs" "$incr_put against $incr_packs packs" "" "target: packs + 2"
+    row "incremental: peak RSS (MiB)" "$((incr_rss / 1024))" "$((rincr_rss / 1024))" "$(ratio "$incr_rss" "$rincr_rss")x"
+    row "restore of the newest point (s)" "$restore_s" "$rrestore_s" "$(ratio "$rrestore_s" "$restore_s")x faster"
+    row "restore: requests" "$restore_req" "$rrestore_req" "$(ratio "$restore_req" "$rrestore_req")x the requests"
+    row "restore: peak RSS (MiB)" "$((restore_rss / 1024))" "$((rrestore_rss / 1024))" "$(ratio "$restore_rss" "$rrestore_rss")x"
 } > "$work/s3.md"
 cat "$work/s3.md"
 if [ -n "$OUT_MD" ] && [ -f "$OUT_MD" ]; then
