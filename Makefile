@@ -11,7 +11,7 @@
 
 CC       ?= cc
 PREFIX   ?= /usr/local
-PKGS     := gnutls libzstd sqlite3 libcurl json-c inih libisal libvirt libxml-2.0
+PKGS     := gnutls libzstd sqlite3 libcurl json-c inih libisal libvirt libxml-2.0 libargon2
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -44,6 +44,7 @@ CATALOG_SRCS := $(wildcard catalog/*.c)
 AGENT_SRCS   := $(wildcard agent/*.c)
 VM_SRCS      := $(wildcard vm/*.c)
 STORE_SRCS   := $(wildcard store/*.c)
+CRYPT_SRCS   := $(wildcard crypt/*.c)
 COMMON_SRCS  := $(wildcard common/*.c)
 CLI_SRCS     := $(wildcard cli/*.c)
 
@@ -78,7 +79,7 @@ $(NBDCORE_LIB): $(call obj,$(NBDCORE_SRCS) $(COMMON_SRCS))
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(APP_LIB): $(call obj,$(AGENT_SRCS) $(STORE_SRCS) $(VM_SRCS) $(CATALOG_SRCS) $(filter-out cli/main.c,$(CLI_SRCS)))
+$(APP_LIB): $(call obj,$(AGENT_SRCS) $(STORE_SRCS) $(CRYPT_SRCS) $(VM_SRCS) $(CATALOG_SRCS) $(filter-out cli/main.c,$(CLI_SRCS)))
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^

@@ -32,6 +32,47 @@ int agent_catalog_rebuild(const char *url, unsigned *points);
 /* Whether the repository is in a bucket; requests retried so far. */
 bool agent_repo_remote(const struct agent_repo *r);
 uint64_t agent_repo_retries(const struct agent_repo *r);
+/* ---- Encryption (agent/keys.c) ------------------------------------------------ */
+
+/* Where the key of an encrypted repository comes from, for every
+ * agent_repo_open and agent_repo_init_encrypted after it: the first of
+ * key_file (the master key itself), password_file (its first line),
+ * NBDVAULT_PASSWORD (use_env), ask (a passphrase typed on a terminal,
+ * malloc'ed; confirm: asked twice, for a new one).  optional: an encrypted
+ * repository opens without its key (verify checks what it can). */
+struct agent_key_source {
+    const char *key_file;
+    const char *password_file;
+    bool use_env;
+    char *(*ask)(const char *repo, bool confirm);
+    bool optional;
+};
+void agent_set_key_source(const struct agent_key_source *ks);
+const struct agent_key_source *agent_key_source(void);
+/* Whether a key was given (not counting ask). */
+bool agent_key_given(const struct agent_key_source *ks);
+/* Creates an encrypted repository: a new master key in key_file (created,
+ * 0600; the repository keeps no slot) or wrapped by the source's
+ * passphrase (Argon2id) in its first key slot. */
+int agent_repo_init_encrypted(const char *dir, uint32_t chunk_size, const char *key_file);
+/* Whether a repository is encrypted (with or without its key). */
+bool agent_repo_encrypted(const struct agent_repo *r);
+
+struct agent_key_info {
+    char id[17], label[128], host[128];
+    int64_t created;
+    unsigned kdf_t, kdf_m_kib, kdf_p;
+    bool damaged;
+};
+int agent_key_list(struct agent_repo *r, int (*fn)(void *opaque, const struct agent_key_info *k),
+                   void *opaque);
+/* A new slot for passphrase (the repository opened with its key). */
+int agent_key_add(struct agent_repo *r, const char *pass, const char *label, char id[17]);
+/* Removes a slot; the last one only with force. */
+int agent_key_remove(struct agent_repo *r, const char *id, bool force);
+/* The key file's text (a paper backup of the master key; free() it). */
+int agent_key_export(struct agent_repo *r, char **text);
+
 /* Opens a repository; with create, makes one with the default chunk size
  * when DIR holds none. */
 struct agent_repo *agent_repo_open(const char *dir, bool create);
@@ -221,6 +262,8 @@ struct agent_verify_result {
     uint64_t packs_index_only;    /* checked by their index and size, data not read */
     uint64_t damaged_packs, damaged_chunks;
     bool catalog_ok;
+    bool no_key;                  /* encrypted, no key given: packs walked and
+                                   * their CRCs checked, no chunk decrypted */
     int64_t *affected;            /* points affected by damage (malloc'ed) */
     size_t naffected;
 };

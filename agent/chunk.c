@@ -1,4 +1,4 @@
-/* agent/chunk.c: chunk coding (SHA-256 ids, zstd, CRC-32); no I/O. */
+/* agent/chunk.c: chunk coding (SHA-256 or keyed ids, zstd, CRC-32, seals); no I/O. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +10,9 @@
 #include <zstd_errors.h>
 
 #include "agent/chunk.h"
+#include "common/be.h"
 #include "common/error.h"
+#include "crypt/crypt.h"
 
 void chunk_hash(const void *data, size_t len, uint8_t out[PACK_HASH_LEN])
 {
@@ -97,32 +99,79 @@ int chunk_compress(void *cctx, int level, const void *in, size_t len, void *out,
     return 0;
 }
 
-int chunk_decode_check(void *dctx, uint8_t codec, const void *stored, size_t stored_len,
-                       uint32_t crc, void *out, size_t plain_len,
-                       const uint8_t hash[PACK_HASH_LEN], bool check_id)
+void chunk_id(const struct crypt_keys *keys, const void *data, size_t len, uint8_t out[PACK_HASH_LEN])
 {
-    char hex[65] = "";
-    uint8_t got[PACK_HASH_LEN];
-    uint32_t c;
-    size_t r;
+    if (keys)
+        crypt_chunk_id(keys, data, len, out);
+    else
+        chunk_hash(data, len, out);
+}
 
-    c = chunk_crc(stored, stored_len);
-    if (c != crc || codec > CHUNK_CODEC_ZSTD || (codec == CHUNK_CODEC_RAW && stored_len != plain_len))
-        chunk_hash_hex(hash, hex);
-    if (c != crc) {
-        error_set(EIO, "chunk %s: CRC mismatch (stored bytes have 0x%08x, expected 0x%08x)",
-                  hex, c, crc);
+/* What a seal authenticates besides the bytes: id, codec, plain length. */
+static void seal_aad(const uint8_t id[PACK_HASH_LEN], uint8_t codec, uint32_t plain_len, uint8_t aad[37])
+{
+    memcpy(aad, id, PACK_HASH_LEN);
+    aad[32] = codec;
+    be_put32(aad + 33, plain_len);
+}
+
+int chunk_seal(const struct crypt_keys *keys, const uint8_t id[PACK_HASH_LEN], uint8_t *codec,
+               uint32_t plain_len, const void *in, size_t len, void *out)
+{
+    uint8_t aad[37];
+
+    *codec |= CHUNK_CODEC_SEALED;
+    seal_aad(id, *codec, plain_len, aad);
+    return crypt_seal(keys->chunk, aad, sizeof aad, in, len, out);
+}
+
+/* The coded bytes of a sealed chunk, opened into a new buffer (*plain). */
+static int unseal(const struct crypt_keys *keys, uint8_t codec, const void *stored, size_t stored_len,
+                  size_t plain_len, const uint8_t hash[PACK_HASH_LEN], uint8_t **coded)
+{
+    char hex[65];
+    uint8_t aad[37];
+
+    *coded = NULL;
+    chunk_hash_hex(hash, hex);
+    if (!keys) {
+        error_set(EACCES, "chunk %s is encrypted: the repository's key is needed", hex);
         return -1;
     }
+    if (stored_len < CRYPT_OVERHEAD) {
+        error_set(EIO, "chunk %s: %zu sealed bytes are too few for a seal", hex, stored_len);
+        return -1;
+    }
+    if (!(*coded = malloc(stored_len - CRYPT_OVERHEAD + 1))) {
+        error_set(ENOMEM, "chunk %s: out of memory", hex);
+        return -1;
+    }
+    seal_aad(hash, codec, (uint32_t)plain_len, aad);
+    if (crypt_open(keys->chunk, aad, sizeof aad, stored, stored_len, *coded) < 0) {
+        error_set(EIO, "chunk %s: its seal does not hold (%s)", hex, error_msg());
+        free(*coded);
+        *coded = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int decode_coded(void *dctx, uint8_t codec, const void *stored, size_t stored_len, void *out,
+                        size_t plain_len, const uint8_t hash[PACK_HASH_LEN])
+{
+    char hex[65] = "";
+    size_t r;
+
     switch (codec) {
     case CHUNK_CODEC_RAW:
         if (stored_len != plain_len) {
+            chunk_hash_hex(hash, hex);
             error_set(EIO, "chunk %s: raw chunk of %zu bytes, expected %zu", hex, stored_len,
                       plain_len);
             return -1;
         }
         memcpy(out, stored, plain_len);
-        break;
+        return 0;
     case CHUNK_CODEC_ZSTD:
         r = ZSTD_decompressDCtx(dctx, out, plain_len, stored, stored_len);
         if (ZSTD_isError(r) || r != plain_len)
@@ -137,14 +186,39 @@ int chunk_decode_check(void *dctx, uint8_t codec, const void *stored, size_t sto
                       plain_len);
             return -1;
         }
-        break;
+        return 0;
     default:
+        chunk_hash_hex(hash, hex);
         error_set(EIO, "chunk %s: unknown codec %u", hex, codec);
         return -1;
     }
-    if (!check_id)
-        return 0;
-    chunk_hash(out, plain_len, got);
+}
+
+int chunk_decode_check(void *dctx, const struct crypt_keys *keys, uint8_t codec, const void *stored,
+                       size_t stored_len, uint32_t crc, void *out, size_t plain_len,
+                       const uint8_t hash[PACK_HASH_LEN], bool check_id)
+{
+    char hex[65] = "";
+    uint8_t got[PACK_HASH_LEN], *coded = NULL;
+    uint32_t c = chunk_crc(stored, stored_len);
+
+    if (c != crc) {
+        chunk_hash_hex(hash, hex);
+        error_set(EIO, "chunk %s: CRC mismatch (stored bytes have 0x%08x, expected 0x%08x)",
+                  hex, c, crc);
+        return -1;
+    }
+    if (codec & CHUNK_CODEC_SEALED) {
+        if (unseal(keys, codec, stored, stored_len, plain_len, hash, &coded) < 0)
+            return -1;
+        stored = coded;
+        stored_len -= CRYPT_OVERHEAD;
+    }
+    int r = decode_coded(dctx, CHUNK_CODING(codec), stored, stored_len, out, plain_len, hash);
+    free(coded);
+    if (r < 0 || !check_id)
+        return r;
+    chunk_id(keys, out, plain_len, got);
     if (memcmp(got, hash, PACK_HASH_LEN) != 0) {
         chunk_hash_hex(hash, hex);
         error_set(EIO, "chunk %s: content does not match its id", hex);
@@ -156,5 +230,5 @@ int chunk_decode_check(void *dctx, uint8_t codec, const void *stored, size_t sto
 int chunk_decode(void *dctx, uint8_t codec, const void *stored, size_t stored_len, uint32_t crc,
                  void *out, size_t plain_len, const uint8_t hash[PACK_HASH_LEN])
 {
-    return chunk_decode_check(dctx, codec, stored, stored_len, crc, out, plain_len, hash, true);
+    return chunk_decode_check(dctx, NULL, codec, stored, stored_len, crc, out, plain_len, hash, true);
 }

@@ -296,7 +296,7 @@ int agent_copy(struct agent_repo *src, const struct agent_copy_opts *o, struct a
                   src->chunk_size);
         goto out;
     }
-    if (!(c.reader = pack_reader_open(src->store)) || !(c.buf = malloc(src->chunk_size))) {
+    if (!(c.reader = pack_reader_open(src->store, src->keys)) || !(c.buf = malloc(src->chunk_size))) {
         if (c.reader)
             error_set(ENOMEM, "out of memory");
         goto out;

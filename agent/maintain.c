@@ -11,6 +11,7 @@
 #include "agent/pack.h"
 #include "agent/remote.h"
 #include "common/error.h"
+#include "crypt/crypt.h"
 #include "store/store.h"
 #include "common/vec.h"
 
@@ -200,6 +201,8 @@ static int verify_chunk(void *opaque, const struct catalog_chunk *ch)
                  "records it", ch->pack, (unsigned long long)ch->offset);
         return chunk_damaged(v, ch, msg);
     }
+    if (v->r->encrypted && !v->r->keys)
+        return 0;                 /* no key: the pack's walk checked its CRCs */
     v->res->chunks++;
     v->res->bytes += ch->plain_len;
     if (agent_chunk_read(v->reader, ch, v->buf) < 0) {
@@ -235,6 +238,7 @@ int agent_verify(struct agent_repo *r, const struct agent_verify_opts *o,
     }
     v.progress = (struct agent_progress){ o->progress, o->opaque, 0 };
     v.pct = o->read_data_pct < 0 ? (r->remote ? 0 : 100) : o->read_data_pct;
+    res->no_key = r->encrypted && !r->keys;
 
     int ic = catalog_integrity_check(r->cat, &report);
     if (ic < 0)
@@ -252,7 +256,7 @@ int agent_verify(struct agent_repo *r, const struct agent_verify_opts *o,
                   o->disk ? " of disk " : "", o->disk ? o->disk : "");
         goto out;
     }
-    if (!(v.reader = pack_reader_open(r->store)) || !(v.buf = malloc(r->chunk_size)))
+    if (!(v.reader = pack_reader_open(r->store, r->keys)) || !(v.buf = malloc(r->chunk_size)))
         goto out;
     if (v.selected.n &&
         catalog_chunks_referenced(r->cat, v.selected.v, v.selected.n, verify_chunk, &v) < 0)
@@ -505,8 +509,9 @@ struct rewrite {
     struct pack_reader *reader;
     struct pack_writer *w;
     ZSTD_CCtx *cctx;
-    uint8_t *plain, *stored;
+    uint8_t *plain, *stored, *sealed;
     size_t storedcap;
+    const struct agent_repo *r;
     struct catalog_chunk *moved;
     size_t nmoved, capmoved;
 };
@@ -522,8 +527,8 @@ static int rewrite_chunk(void *opaque, const struct catalog_chunk *ch)
      * the old pack for verify to report. */
     if (agent_chunk_read(rw->reader, ch, rw->plain) < 0)
         return -1;
-    if (chunk_compress(rw->cctx, AGENT_DEFAULT_COMPRESS_LEVEL, rw->plain, ch->plain_len, rw->stored,
-                       rw->storedcap, &sbytes, &stored, &codec) < 0)
+    if (agent_chunk_encode(rw->r, rw->cctx, AGENT_DEFAULT_COMPRESS_LEVEL, rw->plain, ch->plain_len,
+                           ch->hash, rw->stored, rw->storedcap, rw->sealed, &sbytes, &stored, &codec) < 0)
         return -1;
     struct pack_entry ne = { .codec = codec, .stored_len = (uint32_t)stored,
                              .plain_len = ch->plain_len, .crc = chunk_crc(sbytes, stored) };
@@ -543,16 +548,16 @@ static int rewrite_chunk(void *opaque, const struct catalog_chunk *ch)
 
 static int rewrite_pack(struct gc *g, size_t i)
 {
-    struct rewrite rw = { .g = g };
+    struct rewrite rw = { .g = g, .r = g->r };
     char name[PACK_NAME_MAX];
     uint64_t size;
     int ret = -1;
 
     rw.storedcap = chunk_bound(g->r->chunk_size);
-    if (!(rw.reader = pack_reader_open(g->r->store)) || !(rw.w = pack_writer_open(g->r->store)) ||
+    if (!(rw.reader = pack_reader_open(g->r->store, g->r->keys)) || !(rw.w = pack_writer_open(g->r->store)) ||
         !(rw.cctx = ZSTD_createCCtx()) || !(rw.plain = malloc(g->r->chunk_size)) ||
-        !(rw.stored = malloc(rw.storedcap))) {
-        if (!rw.cctx || !rw.plain || !rw.stored)
+        !(rw.stored = malloc(rw.storedcap)) || !(rw.sealed = malloc(rw.storedcap + CRYPT_OVERHEAD))) {
+        if (!rw.cctx || !rw.plain || !rw.stored || !rw.sealed)
             error_set(ENOMEM, "out of memory");
         goto out;
     }
@@ -576,6 +581,7 @@ out:
     ZSTD_freeCCtx(rw.cctx);
     free(rw.plain);
     free(rw.stored);
+    free(rw.sealed);
     free(rw.moved);
     return ret;
 }

@@ -470,6 +470,7 @@ struct reader_slot {
 struct pack_reader {
     bool skip_ids;                /* pack_reader_check_ids(false) */
     struct store *st;
+    const struct crypt_keys *keys;
     ZSTD_DCtx *dctx;
     struct reader_slot slots[READER_FDS];
     uint64_t clock;
@@ -482,7 +483,7 @@ void pack_reader_check_ids(struct pack_reader *r, bool on)
     r->skip_ids = !on;
 }
 
-struct pack_reader *pack_reader_open(struct store *st)
+struct pack_reader *pack_reader_open(struct store *st, const struct crypt_keys *keys)
 {
     struct pack_reader *r = calloc(1, sizeof *r);
 
@@ -491,6 +492,7 @@ struct pack_reader *pack_reader_open(struct store *st)
         return NULL;
     }
     r->st = st;
+    r->keys = keys;
     r->dctx = ZSTD_createDCtx();
     if (!r->dctx) {
         error_set(ENOMEM, "open pack reader: out of memory");
@@ -610,7 +612,7 @@ int pack_reader_get(struct pack_reader *r, const char *pack_name, const struct p
                   pack_name, hex, (unsigned long long)e->offset);
         return -1;
     }
-    if (chunk_decode_check(r->dctx, e->codec, r->buf + PACK_ENTRY_HDR_LEN, e->stored_len,
+    if (chunk_decode_check(r->dctx, r->keys, e->codec, r->buf + PACK_ENTRY_HDR_LEN, e->stored_len,
                            e->crc, out, e->plain_len, e->hash, !r->skip_ids) < 0) {
         error_prefix("pack %s: ", pack_name);
         return -1;

@@ -53,9 +53,11 @@ int pack_writer_wait(struct pack_writer *w);
 void pack_writer_free(struct pack_writer *w);
 
 /* ---- Reading ------------------------------------------------------------ */
-/* Reads chunks from packs, keeping a small cache of open packs. */
+/* Reads chunks from packs, keeping a small cache of open packs; keys (NULL
+ * for a plain repository, or when the key is not known: sealed chunks then
+ * fail with EACCES) stay the caller's and must outlive the reader. */
 struct pack_reader;
-struct pack_reader *pack_reader_open(struct store *st);
+struct pack_reader *pack_reader_open(struct store *st, const struct crypt_keys *keys);
 void pack_reader_close(struct pack_reader *r);
 /* Whether pack_reader_get checks each chunk's id (SHA-256 of the
  * plaintext) besides its CRC and framing: on by default (restore, verify,

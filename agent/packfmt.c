@@ -6,6 +6,7 @@
 #include <zstd.h>
 
 #include "agent/packfmt.h"
+#include "crypt/crypt.h"
 #include "common/be.h"
 #include "common/error.h"
 
@@ -53,7 +54,10 @@ int pack_decode_entry_hdr(const uint8_t p[PACK_ENTRY_HDR_LEN], uint64_t off,
 
 int pack_check_entry(const struct pack_entry *e, int errnum)
 {
-    if (e->codec != CHUNK_CODEC_RAW && e->codec != CHUNK_CODEC_ZSTD) {
+    uint8_t coding = CHUNK_CODING(e->codec);
+    bool sealed = e->codec & CHUNK_CODEC_SEALED;
+
+    if (coding != CHUNK_CODEC_RAW && coding != CHUNK_CODEC_ZSTD) {
         error_set(errnum, "unknown codec %u", e->codec);
         return -1;
     }
@@ -62,9 +66,13 @@ int pack_check_entry(const struct pack_entry *e, int errnum)
                   e->stored_len, e->plain_len, PACK_ENTRY_MAX);
         return -1;
     }
-    if (e->codec == CHUNK_CODEC_RAW && e->stored_len != e->plain_len) {
-        error_set(errnum, "raw entry of %u stored bytes for %u plain bytes", e->stored_len,
-                  e->plain_len);
+    if (coding == CHUNK_CODEC_RAW && e->stored_len != e->plain_len + (sealed ? CRYPT_OVERHEAD : 0)) {
+        error_set(errnum, "raw %sentry of %u stored bytes for %u plain bytes", sealed ? "sealed " : "",
+                  e->stored_len, e->plain_len);
+        return -1;
+    }
+    if (sealed && e->stored_len < CRYPT_OVERHEAD) {
+        error_set(errnum, "sealed entry of %u stored bytes: too few for a seal", e->stored_len);
         return -1;
     }
     return 0;
@@ -225,9 +233,12 @@ static int scan_header(struct scan *s)
     return 0;
 }
 
-/* Decodes an entry's data and checks it against its id. */
+/* Decodes an entry's data and checks it against its id (a sealed entry
+ * needs the key, which a pack walk does not have: its CRC was checked). */
 static int scan_check_id(struct scan *s, const struct pack_entry *e, const uint8_t *data)
 {
+    if (e->codec & CHUNK_CODEC_SEALED)
+        return 0;
     if (!s->dctx && !(s->dctx = ZSTD_createDCtx())) {
         error_set(ENOMEM, "pack %s: out of memory", s->path);
         return -1;

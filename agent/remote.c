@@ -15,10 +15,12 @@
 #include <json-c/json.h>
 
 #include "agent/internal.h"
+#include "agent/keys.h"
 #include "agent/manifest.h"
 #include "agent/pack.h"
 #include "agent/remote.h"
 #include "common/error.h"
+#include "crypt/crypt.h"
 #include "common/vec.h"
 #include "store/store.h"
 
@@ -47,10 +49,10 @@ static int random_hex(char *out, size_t bytes)
 
 /* ---- The config object ------------------------------------------------------ */
 
-int remote_init(struct store *st, const char *url, uint32_t chunk_size)
+int remote_init(struct store *st, const char *url, uint32_t chunk_size, bool encrypt, const char *key_file)
 {
     uint64_t size;
-    char id[33];
+    char id[33], *desc = NULL;
 
     if (store_stat(st, CONFIG_KEY, &size) == 0) {
         error_set(EEXIST, "%s already holds a repository", url);
@@ -60,24 +62,32 @@ int remote_init(struct store *st, const char *url, uint32_t chunk_size)
         return -1;
     if (random_hex(id, 16) < 0)
         return -1;
+    /* The key's slot (or key file) before the config that names it. */
+    if (encrypt && !(desc = keys_create(st, url, id, key_file)))
+        return -1;
     struct json_object *j = json_object_new_object();
     json_object_object_add(j, "format", json_object_new_string("nbdvault"));
     json_object_object_add(j, "version", json_object_new_int(REPO_FORMAT));
     json_object_object_add(j, "id", json_object_new_string(id));
     json_object_object_add(j, "chunk_size", json_object_new_int64(chunk_size));
     json_object_object_add(j, "created", json_object_new_int64((int64_t)time(NULL)));
+    if (desc)
+        json_object_object_add(j, "encryption", json_tokener_parse(desc));
     const char *txt = json_object_to_json_string_ext(j, JSON_C_TO_STRING_PRETTY);
     int r = store_put_all(st, CONFIG_KEY, txt, strlen(txt));
     json_object_put(j);
+    free(desc);
     return r;
 }
 
-static int read_config(struct agent_repo *r, char id[33], uint32_t *chunk)
+static int read_config(struct agent_repo *r, char id[33], uint32_t *chunk, char **encryption)
 {
     void *buf;
     size_t len;
     int bad = 0;
 
+    if (encryption)
+        *encryption = NULL;
     if (store_get_all(r->store, CONFIG_KEY, &buf, &len) < 0) {
         if (error_errno() == ENOENT)
             error_set(ENOENT, "%s is not a repository (no config object; create one with "
@@ -100,6 +110,9 @@ static int read_config(struct agent_repo *r, char id[33], uint32_t *chunk)
         *chunk = (uint32_t)json_object_get_int64(v);
     else
         bad = bad ? bad : 1;
+    if (!bad && encryption && json_object_object_get_ex(j, "encryption", &v) &&
+        !(*encryption = strdup(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN))))
+        bad = 1;
     json_object_put(j);
     if (bad) {
         error_set(EINVAL, bad == 2 ? "%s: the repository's format is newer than this nbdvault reads"
@@ -178,14 +191,40 @@ static int cache_claim(const char *dir, const char *id, const char *url)
     return 0;
 }
 
+/* The bucket's word on encryption against the cache's: a cache that has
+ * known the repository encrypted refuses a config that says it is plain
+ * (someone removed the encryption to have the next backup write plain
+ * chunks). */
+static int open_keys(struct agent_repo *r, char *desc)
+{
+    char *known = NULL;
+    int f = catalog_repo_text_get(r->cat, "encryption", &known), ret = -1;
+
+    if (f < 0)
+        goto out;
+    if (!desc && f > 0) {
+        error_set(EACCES, "%s: the bucket's config says the repository is not encrypted, but this "
+                  "cache knew it encrypted: refusing (restore the config object)", r->dir);
+        goto out;
+    }
+    if (desc && (f == 0 || strcmp(known, desc)) && catalog_repo_text_set(r->cat, "encryption", desc) < 0)
+        goto out;
+    ret = desc ? keys_load(r, desc) : 0;
+out:
+    free(known);
+    return ret;
+}
+
 int remote_open(struct agent_repo *r)
 {
-    char id[33], dir[PATH_MAX];
+    char id[33], dir[PATH_MAX], *desc = NULL;
     uint32_t chunk = 0;
 
-    if (read_config(r, id, &chunk) < 0 || cache_dir(id, dir, sizeof dir) < 0 ||
-        cache_claim(dir, id, r->dir) < 0 || store_set_state_dir(r->store, dir) < 0)
+    if (read_config(r, id, &chunk, &desc) < 0 || cache_dir(id, dir, sizeof dir) < 0 ||
+        cache_claim(dir, id, r->dir) < 0 || store_set_state_dir(r->store, dir) < 0) {
+        free(desc);
         return -1;
+    }
     if (asprintf(&r->catalog_path, "%s/catalog.db", dir) < 0) {
         r->catalog_path = NULL;
         error_set(ENOMEM, "out of memory");
@@ -193,19 +232,24 @@ int remote_open(struct agent_repo *r)
     }
     if (access(r->catalog_path, F_OK) < 0 && catalog_create(r->catalog_path, chunk) < 0) {
         error_prefix("cache of %s: ", r->dir);
+        free(desc);
         return -1;
     }
     if (!(r->cat = catalog_open(r->catalog_path))) {
         error_prefix("cache of %s: ", r->dir);
+        free(desc);
         return -1;
     }
     r->chunk_size = catalog_chunk_size(r->cat);
     if (r->chunk_size != chunk) {
         error_set(EINVAL, "cache %s has chunk size %u, the repository %u", dir, r->chunk_size, chunk);
+        free(desc);
         return -1;
     }
     r->remote = true;
-    return remote_sync(r);
+    int k = open_keys(r, desc);
+    free(desc);
+    return k < 0 ? -1 : remote_sync(r);
 }
 
 /* ---- Publishing -------------------------------------------------------------------- */
@@ -307,6 +351,77 @@ static void key_of(const char *uid, unsigned gen, char *out, size_t cap)
     snprintf(out, cap, POINTS "%s.%06u", uid, gen);
 }
 
+/* ---- Sealed manifests ------------------------------------------------------------ */
+
+/* In an encrypted repository a manifest is "NBDVMANE" and the manifest
+ * object sealed under the metadata key, its key in the bucket
+ * authenticated with it (a manifest cannot stand in for another). */
+#define SEALED_MAGIC "NBDVMANE"
+
+static int seal_manifest(struct agent_repo *r, const char *key, void **obj, size_t *len)
+{
+    if (!r->encrypted)
+        return 0;
+    if (!r->keys) {
+        error_set(EACCES, "repository %s is encrypted: its key is needed to write", r->dir);
+        return -1;
+    }
+    uint8_t *out = malloc(8 + *len + CRYPT_OVERHEAD);
+    if (!out) {
+        error_set(ENOMEM, "out of memory");
+        return -1;
+    }
+    memcpy(out, SEALED_MAGIC, 8);
+    if (crypt_seal(r->keys->meta, key, strlen(key), *obj, *len, out + 8) < 0) {
+        free(out);
+        return -1;
+    }
+    free(*obj);
+    *obj = out;
+    *len += 8 + CRYPT_OVERHEAD;
+    return 0;
+}
+
+/* The manifest object behind a sealed one, in place of *buf; 1 when it is
+ * sealed and there is no key (the caller skips it). */
+static int open_manifest(struct agent_repo *r, const char *key, const char *name, void **buf, size_t *len)
+{
+    bool sealed = *len >= 8 && !memcmp(*buf, SEALED_MAGIC, 8);
+
+    if (!sealed && r->encrypted) {
+        error_set(EACCES, "manifest %s is not encrypted, in an encrypted repository: refused", name);
+        return -1;
+    }
+    if (!sealed)
+        return 0;
+    if (!r->encrypted) {
+        error_set(EINVAL, "manifest %s is encrypted, in a repository that is not", name);
+        return -1;
+    }
+    if (!r->keys)
+        return 1;
+    if (*len < 8 + CRYPT_OVERHEAD) {
+        error_set(EIO, "manifest %s is damaged (too short for its seal)", name);
+        return -1;
+    }
+    size_t plen = *len - 8 - CRYPT_OVERHEAD;
+    uint8_t *plain = malloc(plen ? plen : 1);
+    if (!plain) {
+        error_set(ENOMEM, "out of memory");
+        return -1;
+    }
+    if (crypt_open(r->keys->meta, key, strlen(key), (uint8_t *)*buf + 8, *len - 8, plain) < 0) {
+        error_set(EIO, "manifest %s is damaged or not this repository's: its seal does not hold (%s)",
+                  name, error_msg());
+        free(plain);
+        return -1;
+    }
+    free(*buf);
+    *buf = plain;
+    *len = plen;
+    return 0;
+}
+
 /* Writes points/UID.GEN for point p as the cache holds it. */
 static int put_manifest(struct agent_repo *r, const struct catalog_point *p, const char *uid,
                         unsigned gen)
@@ -335,7 +450,7 @@ static int put_manifest(struct agent_repo *r, const struct catalog_point *p, con
     }
     key_of(uid, gen, key, sizeof key);
     if (catalog_point_own(r->cat, p->id, build_run, &b) == 0 && manifest_encode(&m, &obj, &len) == 0 &&
-        store_put_all(r->store, key, obj, len) == 0)
+        seal_manifest(r, key, &obj, &len) == 0 && store_put_all(r->store, key, obj, len) == 0)
         ret = 0;
 out:
     free(obj);
@@ -463,6 +578,7 @@ struct entry {
     int64_t point;                /* in the cache, 0 none */
     unsigned have_gen;
     bool done;
+    bool skipped;                 /* sealed, and no key: not imported */
     struct entry *waits;          /* the parent it waits for, not yet imported */
 };
 
@@ -541,6 +657,13 @@ static int import_one(struct agent_repo *r, struct listing *l, struct entry *e)
     if (store_display_name(r->store, key, name, sizeof name) < 0 ||
         store_get_all(r->store, key, &buf, &len) < 0)
         return -1;
+    int o = open_manifest(r, key, name, &buf, &len);
+    if (o != 0) {
+        free(buf);
+        if (o > 0)
+            e->skipped = e->done = true;   /* its children are sealed too */
+        return o < 0 ? -1 : 0;
+    }
     int d = manifest_decode(buf, len, name, &m);
     free(buf);
     if (d < 0)
@@ -754,7 +877,7 @@ int agent_catalog_rebuild(const char *url, unsigned *points)
     }
     if (!(tmp.store = store_open(url)))
         return -1;
-    if (read_config(&tmp, id, &chunk) == 0 && cache_dir(id, dir, sizeof dir) == 0 &&
+    if (read_config(&tmp, id, &chunk, NULL) == 0 && cache_dir(id, dir, sizeof dir) == 0 &&
         cache_claim(dir, id, url) == 0) {
         static const char *const files[] = { "catalog.db", "catalog.db-wal", "catalog.db-shm" };
         ret = 0;

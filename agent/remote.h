@@ -19,7 +19,7 @@ struct catalog_point;
 struct store;
 
 /* Writes the config object of a new repository (EEXIST when one is there). */
-int remote_init(struct store *st, const char *url, uint32_t chunk_size);
+int remote_init(struct store *st, const char *url, uint32_t chunk_size, bool encrypt, const char *key_file);
 /* For agent_repo_open: reads the config object, opens (creating) the cache
  * and its catalog, and syncs it.  Fills r->cat, r->catalog_path,
  * r->chunk_size. */

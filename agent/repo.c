@@ -11,11 +11,13 @@
 #include <unistd.h>
 
 #include "agent/internal.h"
+#include "agent/keys.h"
 #include "agent/pack.h"
 #include "agent/remote.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/fsync.h"
+#include "crypt/crypt.h"
 #include "store/store.h"
 
 static char *path_in(const char *dir, const char *name)
@@ -28,10 +30,38 @@ static char *path_in(const char *dir, const char *name)
     return s;
 }
 
+static int repo_init(const char *dir, uint32_t chunk_size, bool encrypt, const char *key_file);
+
 int agent_repo_init(const char *dir, uint32_t chunk_size)
 {
+    return repo_init(dir, chunk_size, false, NULL);
+}
+
+int agent_repo_init_encrypted(const char *dir, uint32_t chunk_size, const char *key_file)
+{
+    return repo_init(dir, chunk_size, true, key_file);
+}
+
+bool agent_repo_encrypted(const struct agent_repo *r)
+{
+    return r->encrypted;
+}
+
+/* A new repository id: 32 hex digits. */
+static int new_id(char id[33])
+{
+    uint8_t b[16];
+    if (crypt_random(b, sizeof b) < 0)
+        return -1;
+    for (int i = 0; i < 16; i++)
+        snprintf(id + 2 * i, 3, "%02x", b[i]);
+    return 0;
+}
+
+static int repo_init(const char *dir, uint32_t chunk_size, bool encrypt, const char *key_file)
+{
     struct store *st = NULL;
-    char *cat = NULL;
+    char *cat = NULL, *desc = NULL, id[33];
     int ret = -1;
 
     if (chunk_size < AGENT_MIN_CHUNK_SIZE || chunk_size > AGENT_MAX_CHUNK_SIZE ||
@@ -40,7 +70,7 @@ int agent_repo_init(const char *dir, uint32_t chunk_size)
         return -1;
     }
     if (store_is_remote_location(dir)) {
-        if (!(st = store_open(dir)) || remote_init(st, dir, chunk_size) < 0) {
+        if (!(st = store_open(dir)) || remote_init(st, dir, chunk_size, encrypt, key_file) < 0) {
             error_prefix("create repository: ");
             store_close(st);
             return -1;
@@ -62,7 +92,13 @@ int agent_repo_init(const char *dir, uint32_t chunk_size)
         error_set(EEXIST, "%s already holds a repository", dir);
         goto out;
     }
-    if (catalog_create(cat, chunk_size) < 0) {
+    /* The key (its slot or key file) first: a repository that stands is
+     * never without the key its descriptor names. */
+    if (encrypt && (new_id(id) < 0 || !(desc = keys_create(st, dir, id, key_file)))) {
+        error_prefix("create repository %s: ", dir);
+        goto out;
+    }
+    if (catalog_create_with(cat, chunk_size, desc ? "encryption" : NULL, desc) < 0) {
         error_prefix("create repository %s: ", dir);
         goto out;
     }
@@ -70,8 +106,21 @@ int agent_repo_init(const char *dir, uint32_t chunk_size)
     ret = 0;
 out:
     free(cat);
+    free(desc);
     store_close(st);
     return ret;
+}
+
+/* A backup's repository made on first use: plain, unless a key was
+ * given, which asks for `init --encrypt` instead of a plain repository. */
+static int auto_init(const char *dir)
+{
+    if (agent_key_given(agent_key_source())) {
+        error_set(ENOENT, "%s is not a repository; a key was given: create it encrypted with "
+                  "'nbdvault init --encrypt --repo %s'", dir, dir);
+        return -1;
+    }
+    return agent_repo_init(dir, AGENT_DEFAULT_CHUNK_SIZE);
 }
 
 struct agent_repo *agent_repo_open(const char *dir, bool create)
@@ -91,7 +140,7 @@ struct agent_repo *agent_repo_open(const char *dir, bool create)
         }
         return r;
     }
-    if (create && access(dir, F_OK) < 0 && agent_repo_init(dir, AGENT_DEFAULT_CHUNK_SIZE) < 0)
+    if (create && access(dir, F_OK) < 0 && auto_init(dir) < 0)
         goto fail;
     if (!(r->store = store_open(dir))) {
         if (error_errno() == ENOENT)
@@ -109,7 +158,7 @@ struct agent_repo *agent_repo_open(const char *dir, bool create)
                               "'nbdvault init --repo %s')", dir, dir);
             goto fail;
         }
-        if (agent_repo_init(dir, AGENT_DEFAULT_CHUNK_SIZE) < 0)
+        if (auto_init(dir) < 0)
             goto fail;
     }
     if (!(r->cat = catalog_open(r->catalog_path))) {
@@ -117,6 +166,13 @@ struct agent_repo *agent_repo_open(const char *dir, bool create)
         goto fail;
     }
     r->chunk_size = catalog_chunk_size(r->cat);
+    char *desc;
+    int f = catalog_repo_text_get(r->cat, "encryption", &desc);
+    if (f < 0 || (f > 0 && keys_load(r, desc) < 0)) {
+        free(desc);
+        goto fail;
+    }
+    free(desc);
     return r;
 fail:
     agent_repo_close(r);
@@ -129,6 +185,7 @@ void agent_repo_close(struct agent_repo *r)
         return;
     catalog_close(r->cat);
     store_close(r->store);
+    keys_free(r);
     free(r->dir);
     free(r->catalog_path);
     free(r);
@@ -267,7 +324,8 @@ int agent_read_lock(struct agent_repo *r, const char *task, const char *disk, ag
     bool said = false;
 
     memset(l, 0, sizeof *l);
-    snprintf(l->name, sizeof l->name, "%s:%d", task, (int)getpid());
+    /* "restore:" is the catalog's class of readers that only gc excludes. */
+    snprintf(l->name, sizeof l->name, "restore:%s-%d", task, (int)getpid());
     for (int waited = 0; catalog_lock(r->cat, l->name, broken, sizeof broken) < 0; waited++) {
         if (error_errno() != EBUSY || waited >= AGENT_GC_WAIT_S)
             return -1;
@@ -297,6 +355,25 @@ void agent_read_unlock(struct agent_repo *r, struct agent_read_lock *l)
         catalog_unlock(r->cat, l->name);
     l->held = false;
     error_restore(&e);
+}
+
+int agent_chunk_encode(const struct agent_repo *r, void *cctx, int level, const uint8_t *plain,
+                       size_t len, const uint8_t id[32], uint8_t *out, size_t cap, uint8_t *sealed,
+                       const void **stored, size_t *stored_len, uint8_t *codec)
+{
+    if (chunk_compress(cctx, level, plain, len, out, cap, stored, stored_len, codec) < 0)
+        return -1;
+    if (!r->encrypted)
+        return 0;
+    if (!r->keys) {
+        error_set(EACCES, "repository %s is encrypted: its key is needed to write", r->dir);
+        return -1;
+    }
+    if (chunk_seal(r->keys, id, codec, (uint32_t)len, *stored, *stored_len, sealed) < 0)
+        return -1;
+    *stored = sealed;
+    *stored_len += CRYPT_OVERHEAD;
+    return 0;
 }
 
 int agent_chunk_read(struct pack_reader *r, const struct catalog_chunk *ch, void *out)

@@ -48,7 +48,7 @@ struct restore {
 static void *worker_start(void *opaque)
 {
     struct restore *rs = opaque;
-    return pack_reader_open(rs->repo->store);
+    return pack_reader_open(rs->repo->store, rs->repo->keys);
 }
 
 static void worker_end(void *opaque, void *wctx)

@@ -344,7 +344,7 @@ static int serve_open(void *opaque, const char *name, struct nbd_server_export *
         if (*endp || point <= 0)
             goto noent;
     }
-    if (!(sp->cat = catalog_open(r->catalog_path)) || !(sp->reader = pack_reader_open(r->store)))
+    if (!(sp->cat = catalog_open(r->catalog_path)) || !(sp->reader = pack_reader_open(r->store, r->keys)))
         goto fail;
     /* Served reads are checked by the CRC of the stored bytes and zstd's
      * framing; the SHA-256 of every chunk would cost a third of the time. */

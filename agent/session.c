@@ -19,6 +19,7 @@
 #include "agent/session.h"
 #include "catalog/catalog.h"
 #include "common/error.h"
+#include "crypt/crypt.h"
 #include "common/latch.h"
 #include "common/vec.h"
 
@@ -83,6 +84,7 @@ struct session_worker {
     ZSTD_CCtx *cctx;
     uint8_t *out;                 /* compressed chunk */
     size_t outcap;
+    uint8_t *sealed;              /* ... sealed (outcap + CRYPT_OVERHEAD) */
     uint8_t *chunk;               /* a decoded recorded chunk */
     uint32_t chunk_size;
 };
@@ -558,11 +560,12 @@ struct session_worker *session_worker_open(struct session *s, uint32_t chunk)
     w->chunk_size = chunk;
     w->outcap = chunk_bound(chunk);
     if (!(w->cat = catalog_open(s->o.repo->catalog_path)) ||
-        !(w->reader = pack_reader_open(s->o.repo->store))) {
+        !(w->reader = pack_reader_open(s->o.repo->store, s->o.repo->keys))) {
         session_worker_close(w);
         return NULL;
     }
-    if (!(w->cctx = ZSTD_createCCtx()) || !(w->out = malloc(w->outcap)) || !(w->chunk = malloc(chunk))) {
+    if (!(w->cctx = ZSTD_createCCtx()) || !(w->out = malloc(w->outcap)) || !(w->chunk = malloc(chunk)) ||
+        !(w->sealed = malloc(w->outcap + CRYPT_OVERHEAD))) {
         session_worker_close(w);
         error_set(ENOMEM, "out of memory");
         return NULL;
@@ -578,6 +581,7 @@ void session_worker_close(struct session_worker *w)
     pack_reader_close(w->reader);
     ZSTD_freeCCtx(w->cctx);
     free(w->out);
+    free(w->sealed);
     free(w->chunk);
     free(w);
 }
@@ -638,7 +642,8 @@ static int store_new(struct session_worker *w, uint64_t cell, const uint8_t *dat
     const void *sbytes;
     size_t stored;
     uint8_t codec;
-    if (chunk_compress(w->cctx, s->o.level, data, len, w->out, w->outcap, &sbytes, &stored, &codec) < 0)
+    if (agent_chunk_encode(s->o.repo, w->cctx, s->o.level, data, len, hash, w->out, w->outcap,
+                           w->sealed, &sbytes, &stored, &codec) < 0)
         return -1;
     struct pack_entry e = { .codec = codec, .stored_len = (uint32_t)stored,
                             .plain_len = (uint32_t)len, .crc = chunk_crc(sbytes, stored) };
@@ -681,7 +686,7 @@ int session_put(struct session_worker *w, uint64_t cell, const uint8_t *data, si
     if (all_zero(data, len))
         return session_put_zero(s, cell, prev);
 
-    chunk_hash(data, len, hash);
+    chunk_id(s->o.repo->keys, data, len, hash);
     int32_t p;
     pthread_mutex_lock(&s->lock);
     struct pslot *ps = pending_find(s, hash, &p);

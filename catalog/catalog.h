@@ -27,6 +27,12 @@ struct catalog;
 
 /* Creates a new catalog file (fails with EEXIST if one is there). */
 int catalog_create(const char *path, uint32_t chunk_size);
+/* The same with one more text row of the repo table (key = value) written
+ * in the same transaction. */
+int catalog_create_with(const char *path, uint32_t chunk_size, const char *key, const char *value);
+/* A text row of the repo table: 1 found (*value malloc'ed), 0 none, -1. */
+int catalog_repo_text_get(struct catalog *c, const char *key, char **value);
+int catalog_repo_text_set(struct catalog *c, const char *key, const char *value);
 struct catalog *catalog_open(const char *path);
 void catalog_close(struct catalog *c);
 uint32_t catalog_chunk_size(const struct catalog *c);

@@ -551,6 +551,11 @@ static void unlink_aux(const char *path)
 
 int catalog_create(const char *path, uint32_t chunk_size)
 {
+    return catalog_create_with(path, chunk_size, NULL, NULL);
+}
+
+int catalog_create_with(const char *path, uint32_t chunk_size, const char *key, const char *value)
+{
     struct catalog *c;
     sqlite3_stmt *st;
     int fd;
@@ -585,6 +590,8 @@ int catalog_create(const char *path, uint32_t chunk_size)
         goto fail_rollback;
     }
     cat_done(c, st);
+    if (key && catalog_repo_text_set(c, key, value) < 0)
+        goto fail_rollback;
     if (cat_commit(c) == -1)
         goto fail_close;
     catalog_close(c);
@@ -604,6 +611,36 @@ fail:
         errno = saved;
     }
     return -1;
+}
+
+int catalog_repo_text_get(struct catalog *c, const char *key, char **value)
+{
+    sqlite3_stmt *st = cat_stmt(c, "SELECT value FROM repo WHERE key = ?1");
+    int rc;
+
+    *value = NULL;
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && !(*value = strdup((const char *)sqlite3_column_text(st, 0) ?: "")))
+        error_set(ENOMEM, "out of memory");
+    else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        cat_fail(c, "read repository");
+    cat_done(c, st);
+    return rc == SQLITE_ROW ? (*value ? 1 : -1) : rc == SQLITE_DONE ? 0 : -1;
+}
+
+int catalog_repo_text_set(struct catalog *c, const char *key, const char *value)
+{
+    sqlite3_stmt *st = cat_stmt(c, "INSERT OR REPLACE INTO repo(key, value) VALUES (?1, ?2)");
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+    int r = cat_exec_stmt(c, st, "write repository row");
+    cat_done(c, st);
+    return r == -1 ? -1 : 0;
 }
 
 /* Reads an integer row of the repo table: 0, or -1 when missing. */

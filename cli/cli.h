@@ -97,6 +97,13 @@ struct agent_repo *cli_open_repo(const char *cmd, const char *repo, const char *
 int cli_take_store_opts(int *argc, char **argv, const char *cmd);
 int cli_store_config_key(const char *cmd, const char *name, const char *value);
 extern const char cli_store_help[];
+/* verify: an encrypted repository opens without its key when none was
+ * given. */
+void cli_keys_optional(bool on);
+/* A passphrase typed on the controlling terminal, without echo (confirm:
+ * twice, for a new one); NULL when stdin is not a terminal or they differ
+ * (cli/passphrase.c). */
+char *cli_ask_passphrase(const char *repo, bool confirm);
 
 /* Progress on a terminal. */
 struct cli_progress {

@@ -9,12 +9,19 @@
 #include "common/error.h"
 
 static const char init_help[] =
-    "Usage: nbdvault init --repo DIR [--chunk-size SIZE] [--config FILE]\n"
+    "Usage: nbdvault init --repo DIR [--chunk-size SIZE] [--encrypt [--key-file FILE]]\n"
+    "                     [--config FILE]\n"
     "\n"
     "Creates a repository: a directory holding the SQLite catalog and the pack\n"
-    "files.  (backup creates one with the defaults on first use.)\n"
+    "files, or a bucket (s3://BUCKET/PREFIX).  (backup creates a plain one with\n"
+    "the defaults on first use.)\n"
     "\n"
     "  --repo DIR         the repository directory\n"
+    "  --encrypt          encrypt it (AES-256-GCM, keyed chunk ids; docs/FORMAT.md):\n"
+    "                     a new random master key, wrapped in a key slot by the\n"
+    "                     passphrase of --password-file, NBDVAULT_PASSWORD or the\n"
+    "                     terminal (Argon2id), or with --key-file FILE kept only\n"
+    "                     in FILE (created; for unattended use, keep a copy)\n"
     "  --chunk-size SIZE  a power of two from 64K to 16M (default 64K, fixed for\n"
     "                     the repository's life; see docs/FORMAT.md)\n"
     "  --config FILE      read defaults from FILE (see agent.conf.example)\n"
@@ -25,12 +32,14 @@ int cli_init(int argc, char **argv)
     static const struct option longopts[] = {
         { "repo", required_argument, NULL, 'r' },
         { "chunk-size", required_argument, NULL, 'c' },
+        { "encrypt", no_argument, NULL, 'e' },
         { "config", required_argument, NULL, 'C' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
     struct cli_config cfg;
     const char *chunk = NULL, *repo = NULL, *config = NULL;
+    bool encrypt = false;
     int ch;
 
     optind = 1;
@@ -38,6 +47,7 @@ int cli_init(int argc, char **argv)
         switch (ch) {
         case 'r': repo = optarg; break;
         case 'c': chunk = optarg; break;
+        case 'e': encrypt = true; break;
         case 'C': config = optarg; break;
         case 'h': fputs(init_help, stdout); return CLI_EXIT_OK;
         default: /* getopt said what is wrong */
@@ -66,8 +76,17 @@ int cli_init(int argc, char **argv)
         cfg.chunk_size = (uint32_t)v;
     }
     int ret = CLI_EXIT_OK;
-    if (agent_repo_init(repo, cfg.chunk_size) < 0)
+    const char *key_file = agent_key_source()->key_file;
+    if (!encrypt && key_file) {
+        cli_config_free(&cfg);
+        return cli_usage_error("init", "--key-file makes sense with --encrypt only");
+    }
+    if ((encrypt ? agent_repo_init_encrypted(repo, cfg.chunk_size, key_file)
+                 : agent_repo_init(repo, cfg.chunk_size)) < 0)
         ret = cli_error("init", "%s", error_msg());
+    else if (encrypt)
+        printf("created encrypted repository %s (chunk size %u; its master key %s)\n", repo,
+               cfg.chunk_size, key_file ? "is only in the key file" : "is in a key slot");
     else
         printf("created repository %s (chunk size %u)\n", repo, cfg.chunk_size);
     cli_config_free(&cfg);

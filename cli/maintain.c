@@ -99,6 +99,7 @@ int cli_verify(int argc, char **argv)
     if (optind != argc)
         return cli_usage_error("verify", "unexpected argument \"%s\"", argv[optind]);
     int code;
+    cli_keys_optional(true);
     struct agent_repo *r = cli_open_repo("verify", repo, config, &code);
     if (!r)
         return code;
@@ -128,6 +129,7 @@ int cli_verify(int argc, char **argv)
         json_object_object_add(j, "packs_index_only", json_object_new_int64((int64_t)res.packs_index_only));
         json_object_object_add(j, "bytes", json_object_new_int64((int64_t)res.bytes));
         json_object_object_add(j, "catalog_ok", json_object_new_boolean(res.catalog_ok));
+        json_object_object_add(j, "decrypted", json_object_new_boolean(!res.no_key));
         json_object_object_add(j, "damaged_packs", json_object_new_int64((int64_t)res.damaged_packs));
         json_object_object_add(j, "damaged_chunks", json_object_new_int64((int64_t)res.damaged_chunks));
         struct json_object *aff = json_object_new_array();
@@ -142,6 +144,9 @@ int cli_verify(int argc, char **argv)
         printf("checked %llu point(s), %llu pack(s), %llu chunk(s) (%s); catalog %s\n",
                (unsigned long long)res.points, (unsigned long long)res.packs,
                (unsigned long long)res.chunks, b, res.catalog_ok ? "ok" : "DAMAGED");
+        if (res.no_key)
+            printf("encrypted, and no key was given: the packs' CRCs and sizes were checked; no "
+                   "chunk was decrypted or checked against its id\n");
         if (res.packs_index_only)
             printf("%llu pack(s) checked by their index only (--read-data reads them)\n",
                    (unsigned long long)res.packs_index_only);

@@ -13,13 +13,16 @@
 
 static struct store_s3_config s3 = { .path_style = -1 };
 static bool given[16];
-static char *strs[8];
+static char *strs[16];
 
-enum { O_ENDPOINT, O_REGION, O_PATH, O_CA, O_CONNS, O_LOCK_DAYS, O_LOCK_MODE, O_CACHE, O_N };
+enum { O_ENDPOINT, O_REGION, O_PATH, O_CA, O_CONNS, O_LOCK_DAYS, O_LOCK_MODE, O_CACHE, O_KEYFILE,
+       O_PASSFILE, O_N };
 static const char *const names[O_N] = {
     "s3-endpoint", "s3-region", "s3-path-style", "s3-ca-file", "s3-connections",
-    "s3-object-lock-days", "s3-object-lock-mode", "cache-dir",
+    "s3-object-lock-days", "s3-object-lock-mode", "cache-dir", "key-file", "password-file",
 };
+
+static struct agent_key_source keys = { .use_env = true, .ask = cli_ask_passphrase };
 
 const char cli_store_help[] =
     "Repositories in a bucket (--repo s3://BUCKET[/PREFIX]), options of every command:\n"
@@ -32,7 +35,13 @@ const char cli_store_help[] =
     "  --s3-object-lock-mode M   governance (default) or compliance\n"
     "  --cache-dir DIR           the local catalog cache (default $XDG_CACHE_HOME/nbdvault/ID)\n"
     "Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN), or AWS_PROFILE\n"
-    "in ~/.aws/credentials.  The same settings in a config file: [repository] s3-endpoint = ...\n";
+    "in ~/.aws/credentials.  The same settings in a config file: [repository] s3-endpoint = ...\n"
+    "\n"
+    "Encrypted repositories (init --encrypt), options of every command:\n"
+    "  --key-file FILE           the repository's master key (init --encrypt: kept only there)\n"
+    "  --password-file FILE      a passphrase of one of its key slots (its first line)\n"
+    "Else NBDVAULT_PASSWORD, else a passphrase typed on the terminal.  In a config file:\n"
+    "[repository] key-file = ..., password-file = ...\n";
 
 /* Applies one setting; 0, or -1 with a message. */
 static int apply(const char *cmd, int which, const char *v, bool from_file)
@@ -72,10 +81,15 @@ static int apply(const char *cmd, int which, const char *v, bool from_file)
             s3.region = strs[which];
         else if (which == O_CA)
             s3.ca_file = strs[which];
+        else if (which == O_KEYFILE)
+            keys.key_file = strs[which];
+        else if (which == O_PASSFILE)
+            keys.password_file = strs[which];
         else
             agent_set_cache_dir(strs[which]);
     }
     store_s3_configure(&s3);
+    agent_set_key_source(&keys);
     return 0;
 bad:
     if (!from_file)
@@ -83,10 +97,17 @@ bad:
     return -1;
 }
 
+void cli_keys_optional(bool on)
+{
+    keys.optional = on;
+    agent_set_key_source(&keys);
+}
+
 int cli_take_store_opts(int *argc, char **argv, const char *cmd)
 {
     int out = 1;
 
+    agent_set_key_source(&keys);
     for (int i = 1; i < *argc; i++) {
         const char *a = argv[i];
         int which = -1;

@@ -9,7 +9,7 @@ set -eu
 
 PACKAGES="build-essential pkg-config clang libclang-rt-14-dev
 libgnutls28-dev libzstd-dev libsqlite3-dev libcurl4-gnutls-dev libcmocka-dev
-libjson-c-dev libinih-dev libisal-dev
+libjson-c-dev libinih-dev libisal-dev libargon2-dev
 qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin python3-libnbd nbd-server gnutls-bin
 sqlite3 zstd time e2fsprogs
 libxml2-dev libvirt-dev libvirt-daemon-system libvirt-clients qemu-system-x86 virtnbdbackup

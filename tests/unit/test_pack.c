@@ -511,7 +511,7 @@ static void test_pack_roundtrip(void **state)
     for (size_t i = 1; i < wr.n; i++)
         assert_true(wr.e[i].offset > wr.e[i - 1].offset + wr.e[i - 1].stored_len);
 
-    r = pack_reader_open(f->st);
+    r = pack_reader_open(f->st, NULL);
     assert_non_null(r);
     for (size_t i = 0; i < wr.n; i++)
         if (get_chunk(r, &wr, i) != 0)
@@ -553,7 +553,7 @@ static void test_flip_data(void **state)
     flip_byte(wr.path, wr.e[7].offset + 56 + wr.e[7].stored_len / 2);
     chunk_hash_hex(wr.e[7].hash, hex);
 
-    r = pack_reader_open(f->st);
+    r = pack_reader_open(f->st, NULL);
     assert_non_null(r);
     expect_error(get_chunk(r, &wr, 7), EIO, wr.name, hex, "CRC mismatch", NULL);
     assert_int_equal(get_chunk(r, &wr, 6), 0);
@@ -576,7 +576,7 @@ static void test_flip_entry_header(void **state)
     write_pack(f, 20, 13, &wr);
     flip_byte(wr.path, wr.e[3].offset + 46);   /* in stored_len */
     chunk_hash_hex(wr.e[3].hash, hex);
-    r = pack_reader_open(f->st);
+    r = pack_reader_open(f->st, NULL);
     assert_non_null(r);
     expect_error(get_chunk(r, &wr, 3), EIO, wr.name, hex, NULL);
     assert_int_equal(get_chunk(r, &wr, 4), 0);
@@ -585,7 +585,7 @@ static void test_flip_entry_header(void **state)
     expect_error(scan_file(wr.path, false, NULL, NULL), EIO, off, "header", NULL);
 
     /* An entry that is not where the catalog says. */
-    r = pack_reader_open(f->st);
+    r = pack_reader_open(f->st, NULL);
     assert_non_null(r);
     wr.e[4].offset += 1;
     expect_error(get_chunk(r, &wr, 4), EIO, wr.name, NULL);
@@ -638,7 +638,7 @@ static void test_flip_index(void **state)
     flip_byte(wr.path, index_off + 8 + 5 * 56 + 40);
     expect_error(scan_file(wr.path, true, NULL, NULL), EIO, wr.path, "index record 5", NULL);
     /* The chunks themselves are still whole. */
-    r = pack_reader_open(f->st);
+    r = pack_reader_open(f->st, NULL);
     assert_non_null(r);
     for (size_t i = 0; i < wr.n; i++)
         assert_int_equal(get_chunk(r, &wr, i), 0);
@@ -742,7 +742,7 @@ static void test_truncated(void **state)
             if (i == 3) {
                 assert_int_equal(c->n, 12);
                 assert_entries_equal(c->e, wr.e, 12);
-                r = pack_reader_open(f->st);
+                r = pack_reader_open(f->st, NULL);
                 assert_non_null(r);
                 expect_error(get_chunk(r, &wr, 12), EIO, wr.name, "cut short", NULL);
                 expect_error(get_chunk(r, &wr, 13), EIO, wr.name, NULL);
@@ -817,7 +817,7 @@ static void test_missing(void **state)
     char path[256];
 
     write_pack(f, 2, 21, &wr);
-    r = pack_reader_open(f->st);
+    r = pack_reader_open(f->st, NULL);
     assert_non_null(r);
     strcpy(wr.name, "ab/ab000000000000000000000000000000.pack");
     expect_error(get_chunk(r, &wr, 0), EIO, "pack ab/ab000000000000000000000000000000.pack is "
@@ -1007,7 +1007,7 @@ static void test_reader_cache(void **state)
     for (int i = 0; i < NPACKS; i++)
         write_pack(f, 3, 100 + (uint64_t)i, &wr[i]);
     base = count_fds();
-    r = pack_reader_open(f->st);
+    r = pack_reader_open(f->st, NULL);
     assert_non_null(r);
     for (int round = 0; round < 3; round++)
         for (int i = 0; i < NPACKS; i++) {
