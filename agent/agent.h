@@ -43,6 +43,7 @@ uint64_t agent_repo_retries(const struct agent_repo *r);
 struct agent_key_source {
     const char *key_file;
     const char *password_file;
+    const char *password;         /* given as is (copy's NBDVAULT_TO_PASSWORD) */
     bool use_env;
     char *(*ask)(const char *repo, bool confirm);
     bool optional;
@@ -316,6 +317,7 @@ int agent_gc(struct agent_repo *r, const struct agent_gc_opts *o, struct agent_g
  * chunks it lacks; interrupted, a rerun copies only what is missing. */
 struct agent_copy_opts {
     const char *to;               /* the target repository */
+    const struct agent_key_source *to_keys;   /* its key (NULL: the source's) */
     const char *disk;             /* NULL: every disk */
     int64_t point;                /* 0: every point (of disk) */
     int compress_level;           /* 0: the default */

@@ -287,7 +287,13 @@ int agent_copy(struct agent_repo *src, const struct agent_copy_opts *o, struct a
     int ret = -1;
 
     memset(res, 0, sizeof *res);
-    if (!(c.dst = agent_repo_open(o->to, false))) {
+    /* The target may have a key of its own. */
+    struct agent_key_source saved = *agent_key_source();
+    if (o->to_keys)
+        agent_set_key_source(o->to_keys);
+    c.dst = agent_repo_open(o->to, false);
+    agent_set_key_source(&saved);
+    if (!c.dst) {
         error_prefix("target: ");
         return -1;
     }

@@ -34,7 +34,7 @@ const struct agent_key_source *agent_key_source(void)
 
 bool agent_key_given(const struct agent_key_source *ks)
 {
-    return ks->key_file || ks->password_file || (ks->use_env && getenv("NBDVAULT_PASSWORD"));
+    return ks->key_file || ks->password_file || ks->password || (ks->use_env && getenv("NBDVAULT_PASSWORD"));
 }
 
 /* ---- The descriptor ------------------------------------------------------ */
@@ -132,6 +132,8 @@ static char *passphrase(struct agent_repo *r, size_t *len)
         if (read_small(source.password_file, "password file", &p, len) < 0)
             return NULL;
         p[strcspn(p, "\r\n")] = 0;
+    } else if (source.password) {
+        p = strdup(source.password);
     } else if (source.use_env && getenv("NBDVAULT_PASSWORD")) {
         p = strdup(getenv("NBDVAULT_PASSWORD"));
     } else if (source.ask) {

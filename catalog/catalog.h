@@ -186,7 +186,7 @@ int catalog_pack_list(struct catalog *c, int (*fn)(void *opaque, const struct ca
 int catalog_pack_chunks(struct catalog *c, int64_t pack_id,
                         int (*fn)(void *opaque, const struct catalog_chunk *ch), void *opaque);
 /* Moves chunks to a new durable pack and drops the old pack row, in one
- * transaction (gc's rewrite).  chunks[i].id and new offsets given. */
+ * transaction (gc's rewrite).  moved[i]: id, new offset, stored_len, codec, crc. */
 int catalog_pack_replace(struct catalog *c, int64_t old_pack_id, const char *new_name,
                          uint64_t new_size, const struct catalog_chunk *moved, size_t n);
 int catalog_pack_delete(struct catalog *c, int64_t pack_id); /* no chunk may still point at it */

@@ -323,8 +323,8 @@ static int delete_pack_row(struct catalog *c, int64_t pack_id)
     return 0;
 }
 
-/* Only the offset of a moved chunk changes: gc copies entries verbatim, so
- * lengths, codec and checksum stay those of the row. */
+/* A moved chunk's new place, and its stored form: gc encodes it again (an
+ * encrypted chunk gets a new nonce, so new stored bytes and CRC). */
 int catalog_pack_replace(struct catalog *c, int64_t old_pack_id, const char *new_name,
                          uint64_t new_size, const struct catalog_chunk *moved, size_t n)
 {
@@ -339,14 +339,17 @@ int catalog_pack_replace(struct catalog *c, int64_t old_pack_id, const char *new
     if (insert_pack(c, new_name, new_size, &new_id) == -1)
         goto fail;
     for (i = 0; i < n; i++) {
-        st = cat_stmt(c, "UPDATE chunks SET pack_id = ?1, offset = ?2 "
-                         "WHERE id = ?3 AND pack_id = ?4");
+        st = cat_stmt(c, "UPDATE chunks SET pack_id = ?1, offset = ?2, stored_len = ?5, codec = ?6, "
+                         "crc = ?7 WHERE id = ?3 AND pack_id = ?4");
         if (!st)
             goto fail;
         sqlite3_bind_int64(st, 1, new_id);
         cat_bind_u64(st, 2, moved[i].offset);
         sqlite3_bind_int64(st, 3, moved[i].id);
         sqlite3_bind_int64(st, 4, old_pack_id);
+        sqlite3_bind_int64(st, 5, moved[i].stored_len);
+        sqlite3_bind_int64(st, 6, moved[i].codec);
+        sqlite3_bind_int64(st, 7, moved[i].crc);
         if (cat_exec_stmt(c, st, "move chunk") == -1)
             goto fail;
         cat_done(c, st);

@@ -36,6 +36,7 @@ int cli_gc(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_run(int argc, char **argv);
 int cli_catalog(int argc, char **argv);
+int cli_key(int argc, char **argv);
 int cli_copy(int argc, char **argv);
 /* Copies points of r to `to` and prints the result (cli/copy.c). */
 int cli_copy_points(struct agent_repo *r, const char *to, const char *disk, int64_t point, bool json,

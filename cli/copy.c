@@ -25,8 +25,15 @@ static const char copy_help[] =
     "  --point ID    only this point of --disk\n"
     "  --json        print the result as JSON\n"
     "\n"
+    "  --to-key-file FILE, --to-password-file FILE\n"
+    "                the target's key when it is encrypted with another than the\n"
+    "                source's (else NBDVAULT_TO_PASSWORD, else the source's key\n"
+    "                options); chunks are decrypted with the one and sealed with\n"
+    "                the other, and a plain repository takes no key\n"
+    "\n"
     "A config file's [repository] key copy-to = TARGET makes `backup` copy each\n"
-    "new point right after it commits.\n";
+    "new point right after it commits (the target opened with the source's key\n"
+    "options).\n";
 
 struct copy_out {
     bool json;
@@ -39,12 +46,15 @@ static void copy_note(void *opaque, const char *msg)
         printf("%s\n", msg);
 }
 
+static struct agent_key_source to_keys;
+static bool to_keys_set;
+
 int cli_copy_points(struct agent_repo *r, const char *to, const char *disk, int64_t point, bool json,
                     const char *cmd)
 {
     struct copy_out out = { json };
     struct agent_copy_opts o = { .to = to, .disk = disk, .point = point, .warn = copy_note,
-                                 .opaque = &out };
+                                 .opaque = &out, .to_keys = to_keys_set ? &to_keys : NULL };
     struct agent_copy_result res;
 
     if (agent_copy(r, &o, &res) < 0)
@@ -80,6 +90,8 @@ int cli_copy(int argc, char **argv)
         { "point", required_argument, NULL, 'p' },
         { "config", required_argument, NULL, 'C' },
         { "json", no_argument, NULL, 'j' },
+        { "to-key-file", required_argument, NULL, 'K' },
+        { "to-password-file", required_argument, NULL, 'P' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
@@ -97,6 +109,8 @@ int cli_copy(int argc, char **argv)
         case 'p': point = optarg; break;
         case 'C': config = optarg; break;
         case 'j': json = true; break;
+        case 'K': to_keys.key_file = optarg; to_keys_set = true; break;
+        case 'P': to_keys.password_file = optarg; to_keys_set = true; break;
         case 'h': fputs(copy_help, stdout); return CLI_EXIT_OK;
         default: return cli_try_help("copy");
         }
@@ -112,6 +126,10 @@ int cli_copy(int argc, char **argv)
         pid = strtoll(point, &end, 10);
         if (*end || pid <= 0)
             return cli_usage_error("copy", "bad --point \"%s\"", point);
+    }
+    if (!to_keys_set && getenv("NBDVAULT_TO_PASSWORD")) {
+        to_keys.password = getenv("NBDVAULT_TO_PASSWORD");
+        to_keys_set = true;
     }
     int code;
     struct agent_repo *r = cli_open_repo("copy", repo, config, &code);

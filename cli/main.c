@@ -23,6 +23,7 @@ static const struct cli_command commands[] = {
     { "serve", "serve restore points as read-only NBD exports", cli_serve },
     { "copy", "copy restore points to another repository (a bucket)", cli_copy },
     { "catalog", "rebuild the catalog cache of a repository in a bucket", cli_catalog },
+    { "key", "the key slots of an encrypted repository (list, add, remove, export)", cli_key },
     { "run", "the nightly job: back up and prune every source of a config file", cli_run },
 };
 

@@ -1191,8 +1191,15 @@ static void test_gc(void **state UNUSED)
     CHECK_FAILS(catalog_pack_replace(c, pl.p[0].id, "pack-b", 500, moved, 1) == 0, ENOTEMPTY);
     moved[1].id = 4242;
     CHECK_FAILS(catalog_pack_replace(c, pl.p[0].id, "pack-b", 500, moved, 2) == 0, EINVAL);
-    moved[1].id = ch[2];
+    /* The moved chunks' rows as they were, at new offsets; c encoded
+     * again (a sealed chunk's new nonce: new bytes, length and CRC). */
+    assert_int_equal(catalog_chunk_get(c, ch[1], &moved[0]), 1);
+    assert_int_equal(catalog_chunk_get(c, ch[2], &moved[1]), 1);
+    moved[0].offset = 0;
     moved[1].offset = 300;
+    moved[1].stored_len = 102;
+    moved[1].crc = 0x5eed;
+    moved[1].codec = 0x81;
     CHECK(catalog_pack_replace(c, pl.p[0].id, "pack-b", 500, moved, 2) == 0);
     memset(&pl, 0, sizeof pl);
     CHECK(catalog_pack_list(c, collect_packs, &pl) == 0);
@@ -1202,6 +1209,8 @@ static void test_gc(void **state UNUSED)
     assert_string_equal(got.pack, "pack-b");
     assert_int_equal(got.offset, 300);
     assert_int_equal(got.stored_len, 102);
+    assert_int_equal(got.crc, 0x5eed);
+    assert_int_equal(got.codec, 0x81);
     {
         int64_t cells[100];
         unsigned written[100];
