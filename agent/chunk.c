@@ -1,5 +1,6 @@
 /* agent/chunk.c: chunk coding (SHA-256 or keyed ids, zstd, CRC-32, seals); no I/O. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,7 +149,9 @@ static int unseal(const struct crypt_keys *keys, uint8_t codec, const void *stor
     }
     seal_aad(hash, codec, (uint32_t)plain_len, aad);
     if (crypt_open(keys->chunk, aad, sizeof aad, stored, stored_len, *coded) < 0) {
-        error_set(EIO, "chunk %s: its seal does not hold (%s)", hex, error_msg());
+        char why[256];
+        snprintf(why, sizeof why, "%s", error_msg());
+        error_set(EIO, "chunk %s: its seal does not hold (%s)", hex, why);
         free(*coded);
         *coded = NULL;
         return -1;

@@ -411,8 +411,10 @@ static int open_manifest(struct agent_repo *r, const char *key, const char *name
         return -1;
     }
     if (crypt_open(r->keys->meta, key, strlen(key), (uint8_t *)*buf + 8, *len - 8, plain) < 0) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", error_msg());
         error_set(EIO, "manifest %s is damaged or not this repository's: its seal does not hold (%s)",
-                  name, error_msg());
+                  name, why);
         free(plain);
         return -1;
     }
