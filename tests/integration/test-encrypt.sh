@@ -80,6 +80,9 @@ run "$NBDVAULT" key export --repo "$repo" --password-file pw2 --output master.ke
 [ "$(stat -c %a master.key)" = 600 ] || fail "the exported key file is not 0600"
 run "$NBDVAULT" restore --repo "$repo" --disk d --output r.raw --key-file master.key
 cmp r.raw ref-2.raw || fail "the point restored with the exported key file differs"
+# The config file's key-file opens it too.
+printf '[repository]\npath = %s\nkey-file = %s\n' "$repo" "$testdir/master.key" > enc.conf
+run "$NBDVAULT" list --config enc.conf | grep -q incremental || fail "the config's key-file did not open the repository"
 first=$("$NBDVAULT" key list --repo "$repo" --json | "$PYTHON" -c 'import json,sys; print([k["id"] for k in json.load(sys.stdin) if k["label"] == "first"][0])')
 run "$NBDVAULT" key remove --repo "$repo" --id "$first" --password-file pw2
 expect_fail 1 "opens none" "$NBDVAULT" list --repo "$repo" --password-file pw1
