@@ -36,6 +36,9 @@ static const char run_help[] =
     "    [vm web1]\n"
     "    libvirt = web1       ; or: qmp = SOCKET   or: uri = NBD-URI, bitmap = NAME\n"
     "\n"
+    "[defaults] also takes the repository settings of every command (s3-endpoint,\n"
+    "cache-dir, key-file, password-file, ...: `nbdvault --help`), for every source.\n"
+    "\n"
     "Each source is backed up, copied to copy-to = REPO when it is given (an\n"
     "s3:// bucket: its new points leave the host at once), then pruned by its\n"
     "keep-* rules (only the disks\n"
@@ -162,6 +165,15 @@ static int on_ini_key(void *user, const char *section, const char *name, const c
         else
             j->disk_keys = true;
         return 1;
+    }
+    /* [defaults] also takes the repository settings of every command
+     * (s3-endpoint, key-file, password-file, ...): for every source. */
+    int sk = j == &f->defaults ? cli_store_config_key("run", name, value) : 0;
+    if (sk > 0)
+        return 1;
+    if (sk < 0) {
+        snprintf(f->err, sizeof f->err, "bad value \"%s\" for \"%s\"", value, name);
+        return 0;
     }
     char **slot = job_key(j, name);
     if (!slot) {

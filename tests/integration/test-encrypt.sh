@@ -95,6 +95,15 @@ expect_fail 1 "checksum does not match" "$NBDVAULT" list --repo "$repo" --key-fi
 run "$NBDVAULT" init --repo "$testdir/other" --encrypt --key-file other.key
 expect_fail 1 "is the key of repository" "$NBDVAULT" list --repo "$repo" --key-file other.key
 
+# The nightly job, its key in the job file: an incremental of the same disk.
+serve_disk disk.qcow2
+printf '[defaults]\nrepo = %s\nkey-file = %s\n[vm d]\nuri = %s\nbitmap = b0\n' "$repo" \
+    "$testdir/master.key" "$uri" > job.conf
+run "$NBDVAULT" run --config job.conf --json > run.json || { cat run.json; fail "run of an encrypted repository failed"; }
+unserve
+run "$NBDVAULT" restore --repo "$repo" --disk d --output r.raw --key-file master.key
+cmp r.raw ref-2.raw || fail "the point of the run differs"
+
 # Served: nbdcopy reads the newest point.
 "$NBDVAULT" serve --repo "$repo" --key-file master.key --socket "$testdir/srv.sock" &
 srv=$!
