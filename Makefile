@@ -5,7 +5,7 @@
 #   make check SANITIZE=1  the same, built with ASan + UBSan (in build-san/)
 #   make fuzz            run the libFuzzer harnesses (clang)
 #   make demo            the main job against a qemu-nbd export it starts
-#   make bench / bench-vm  benchmarks (docs/BENCHMARKS.md; bench includes bench-s3.sh, bench-encrypt.sh)
+#   make bench / bench-vm  benchmarks (docs/BENCHMARKS.md; bench includes bench-s3, -encrypt, -scale)
 #   make install PREFIX=/usr/local
 #   V=1                  show the full command lines
 
@@ -176,6 +176,7 @@ bench: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench.sh
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-s3.sh
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-encrypt.sh
+	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-scale.sh
 
 bench-vm: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-vm.sh

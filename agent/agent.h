@@ -120,6 +120,7 @@ struct agent_backup_result {
     uint64_t cells_unchanged;     /* read but the same as the parent's: not recorded */
     unsigned connections;
     double seconds;
+    double plan_seconds;          /* of them, asking for block status (the plan) */
     uint64_t retries;             /* object store requests retried */
 };
 

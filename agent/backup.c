@@ -443,8 +443,10 @@ static int read_all(struct backup *b, struct agent_backup_result *res)
 {
     /* Without a plan nothing was read: the backup must fail, never record
      * an empty point. */
+    double t0 = clock_mono_s();
     if (plan_count(b->plan, &b->planned) < 0)
         return -1;
+    res->plan_seconds = clock_mono_s() - t0;
     agent_progress_report(&b->progress, 0, b->planned, 1);
     if (plan_and_read(b) < 0)
         return latch_raise(b->latch);

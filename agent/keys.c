@@ -168,6 +168,7 @@ static int from_slots(struct agent_repo *r, const char *id, const char *pass, si
                       uint8_t master[CRYPT_KEY_LEN])
 {
     struct slots s = { 0 };
+    char damaged[300] = "";
     int ret = -1;
 
     if (store_list(r->store, SLOTS, list_slot, &s) < 0)
@@ -178,10 +179,13 @@ static int from_slots(struct agent_repo *r, const char *id, const char *pass, si
         if (store_get_all(r->store, s.key[i], &buf, &len) < 0)
             goto out;
         ret = crypt_slot_open(buf, len, id, pass, plen, master);
+        if (ret < 0 && error_errno() == EINVAL)
+            snprintf(damaged, sizeof damaged, " (key slot %s is damaged)", s.key[i]);
         free(buf);
     }
     if (ret < 0 && s.n)
-        error_set(EACCES, "the passphrase opens none of the %zu key slot(s) of %s", s.n, r->dir);
+        error_set(EACCES, "the passphrase opens none of the %zu key slot(s) of %s%s", s.n, r->dir,
+                  damaged);
     else if (ret < 0)
         error_set(EACCES, "repository %s has no key slot: open it with its key file (--key-file)",
                   r->dir);

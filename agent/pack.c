@@ -627,24 +627,35 @@ static ssize_t obj_read(void *opaque, void *buf, size_t len, uint64_t off)
     return store_obj_read(opaque, buf, len, off);
 }
 
+/* The pack <name> open as a parser's source, named in messages by its
+ * display name (shown[PATH_MAX]); NULL with the error set. */
+static struct store_obj *open_src(struct store *st, const char *name, char *shown, struct pack_src *src)
+{
+    struct store_obj *o;
+
+    if (check_name(name) < 0)
+        return NULL;
+    snprintf(shown, PATH_MAX, "packs/%s", name);
+    if (store_display_name(st, shown, shown, PATH_MAX) < 0)
+        return NULL;
+    if (!(o = open_pack(st, name))) {
+        error_prefix("pack %s: ", shown);
+        return NULL;
+    }
+    *src = (struct pack_src){ shown, store_obj_size(o), obj_read, o };
+    return o;
+}
+
 int pack_scan(struct store *st, const char *name, bool check_ids,
               int (*fn)(void *opaque, const struct pack_entry *e), void *opaque)
 {
     char shown[PATH_MAX];
-    struct store_obj *o;
-    int r;
+    struct pack_src src;
+    struct store_obj *o = open_src(st, name, shown, &src);
 
-    if (check_name(name) < 0)
+    if (!o)
         return -1;
-    snprintf(shown, sizeof shown, "packs/%s", name);
-    if (store_display_name(st, shown, shown, sizeof shown) < 0)
-        return -1;
-    if (!(o = open_pack(st, name))) {
-        error_prefix("pack %s: ", shown);
-        return -1;
-    }
-    struct pack_src src = { shown, store_obj_size(o), obj_read, o };
-    r = pack_parse(&src, check_ids, fn, opaque);
+    int r = pack_parse(&src, check_ids, fn, opaque);
     store_obj_close(o);
     return r;
 }
@@ -653,24 +664,16 @@ int pack_read_index(struct store *st, const char *name, uint64_t *size, struct p
                     size_t *count)
 {
     char shown[PATH_MAX];
-    struct store_obj *o;
-    int r;
+    struct pack_src src;
 
     *entries = NULL;
     *count = 0;
     *size = UINT64_MAX;
-    if (check_name(name) < 0)
+    struct store_obj *o = open_src(st, name, shown, &src);
+    if (!o)
         return -1;
-    snprintf(shown, sizeof shown, "packs/%s", name);
-    if (store_display_name(st, shown, shown, sizeof shown) < 0)
-        return -1;
-    if (!(o = open_pack(st, name))) {
-        error_prefix("pack %s: ", shown);
-        return -1;
-    }
-    struct pack_src src = { shown, store_obj_size(o), obj_read, o };
     *size = src.size;
-    r = pack_parse_index(&src, entries, count);
+    int r = pack_parse_index(&src, entries, count);
     store_obj_close(o);
     return r;
 }

@@ -94,6 +94,7 @@ static struct json_object *result_json(const char *disk, const struct agent_back
     json_object_object_add(j, "cells_unchanged", json_object_new_int64((int64_t)res->cells_unchanged));
     json_object_object_add(j, "connections", json_object_new_int64(res->connections));
     json_object_object_add(j, "seconds", json_object_new_double(res->seconds));
+    json_object_object_add(j, "plan_seconds", json_object_new_double(res->plan_seconds));
     json_object_object_add(j, "retries", json_object_new_int64((int64_t)res->retries));
     return j;
 }

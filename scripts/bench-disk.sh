@@ -1,5 +1,5 @@
 # bench-disk.sh: the reference disk of the benchmarks, sourced by
-# scripts/bench.sh, bench-s3.sh and bench-vm.sh (which set log, work, PY, GiB,
+# scripts/bench.sh, bench-s3.sh, bench-encrypt.sh, bench-scale.sh and bench-vm.sh (which set log, work, PY, GiB,
 # MiB).  make_disk FILE SIZE builds FILE (with a bitmap b0 recording ~1% of
 # scattered writes) and FILE.before (the disk before those writes).
 
@@ -45,3 +45,27 @@ PY
     mv "$tmp" "$img"
 }
 
+
+# put_section FILE.md SECTION.md: SECTION.md (starting "## TITLE") replaces
+# the section of that title in FILE.md (keeping its paragraphs that start
+# "Notes "), or goes in before its "## History".
+put_section() {
+    [ -n "$1" ] && [ -f "$1" ] || return 0
+    /usr/bin/python3 - "$1" "$2" <<'PY'
+import sys
+doc, new = open(sys.argv[1]).read(), open(sys.argv[2]).read().rstrip() + "\n\n"
+head = new.split("\n", 1)[0]
+if head + "\n" in doc:
+    a = doc.index(head + "\n")
+    b = doc.find("\n## ", a + 1)
+    old = doc[a:b if b >= 0 else len(doc)]
+    # The notes written by hand under the old table stay (read them again).
+    notes = [p for p in old.split("\n\n") if p.startswith("Notes ")]
+    new += "".join(p.rstrip() + "\n\n" for p in notes)
+    doc = doc[:a] + new + (doc[b + 1:] if b >= 0 else "")
+else:
+    i = doc.find("## History")
+    doc = doc[:i] + new + doc[i:] if i >= 0 else doc + "\n" + new
+open(sys.argv[1], "w").write(doc)
+PY
+}

@@ -92,18 +92,4 @@ row() { printf '| %s | %s | %s | %s%% | %s |\n' "$1" "$2" "$3" "$(pct "$2" "$3")
     printf '| packs (bytes) | %s | %s | %s%% | |\n' "$enc_bytes" "$plain_bytes" "$(pct "$enc_bytes" "$plain_bytes")"
 } > "$work/enc.md"
 cat "$work/enc.md"
-if [ -n "$OUT_MD" ] && [ -f "$OUT_MD" ]; then
-    $PY - "$OUT_MD" "$work/enc.md" <<'PY'
-import sys
-doc, new = open(sys.argv[1]).read(), open(sys.argv[2]).read().rstrip() + "\n\n"
-head = "## Encryption: the cost"
-if head in doc:
-    a = doc.index(head)
-    b = doc.find("\n## ", a + 1)
-    doc = doc[:a] + new + (doc[b + 1:] if b >= 0 else "")
-else:
-    i = doc.find("## History")
-    doc = doc[:i] + new + doc[i:] if i >= 0 else doc + "\n" + new
-open(sys.argv[1], "w").write(doc)
-PY
-fi
+put_section "$OUT_MD" "$work/enc.md"

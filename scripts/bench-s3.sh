@@ -129,19 +129,4 @@ row() { printf '| %s | %s | %s | %s |\n' "$@"; }
     row "restore: peak RSS (MiB)" "$((restore_rss / 1024))" "$((rrestore_rss / 1024))" "$(ratio "$restore_rss" "$rrestore_rss")x"
 } > "$work/s3.md"
 cat "$work/s3.md"
-if [ -n "$OUT_MD" ] && [ -f "$OUT_MD" ]; then
-    # Replace this section (or put it before the history).
-    /usr/bin/python3 - "$OUT_MD" "$work/s3.md" <<'PY'
-import re, sys
-doc, new = open(sys.argv[1]).read(), open(sys.argv[2]).read().rstrip() + "\n\n"
-head = "## Object storage: a repository in a bucket against restic"
-if head in doc:
-    a = doc.index(head)
-    b = doc.find("\n## ", a + 1)
-    doc = doc[:a] + new + (doc[b + 1:] if b >= 0 else "")
-else:
-    i = doc.find("## History")
-    doc = doc[:i] + new + doc[i:] if i >= 0 else doc + "\n" + new
-open(sys.argv[1], "w").write(doc)
-PY
-fi
+put_section "$OUT_MD" "$work/s3.md"

@@ -65,6 +65,30 @@ for d, _, files in os.walk(sys.argv[1]):
             sys.exit(1)
 EOF
 
+# Typed on a terminal: the passphrase is asked for, without echo.
+"$PYTHON" - "$NBDVAULT" "$repo" <<'EOF' || fail "the passphrase typed on a terminal did not open the repository"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "list", "--repo", sys.argv[2]])
+out = b""
+while b"passphrase for" not in out:
+    out += os.read(fd, 1024)
+os.write(fd, b"first passphrase\n")
+try:
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        out += chunk
+except OSError:
+    pass
+_, status = os.waitpid(pid, 0)
+text = out.decode(errors="replace")
+print(text)
+sys.exit(0 if os.WEXITSTATUS(status) == 0 and "incremental" in text and "first passphrase" not in text else 1)
+EOF
+
 # Refusals: exit 1, each named.
 expect_fail 1 "is encrypted: its key is needed" "$NBDVAULT" list --repo "$repo"
 NBDVAULT_PASSWORD=wrong expect_fail 1 "the passphrase opens none of the 1 key slot" \
