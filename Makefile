@@ -121,17 +121,26 @@ $(BUILD)/tests/fuzz/fuzz_manifest-replay: $(BUILD)/tests/fuzz/fuzz_manifest.o $(
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/tests/fuzz/fuzz_keys-replay: $(BUILD)/tests/fuzz/fuzz_keys.o $(BUILD)/tests/fuzz/replay-main.o $(APP_LIB) $(NBDCORE_LIB)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/fuzz/replay-main.o: tests/fuzz/replay-main.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer
-build-fuzz/fuzz_pack: tests/fuzz/fuzz_pack.c agent/packfmt.c agent/chunk.c $(COMMON_SRCS)
+build-fuzz/fuzz_pack: tests/fuzz/fuzz_pack.c agent/packfmt.c agent/chunk.c crypt/crypt.c $(COMMON_SRCS)
 	@mkdir -p build-fuzz
 	@echo "  FUZZ    $@"
 	$(Q)clang $(filter-out -MMD -MP,$(CPPFLAGS)) $(FUZZ_FLAGS) -o $@ $^ $(PKG_LIBS) -pthread
 
 build-fuzz/fuzz_manifest: tests/fuzz/fuzz_manifest.c agent/manifest.c $(COMMON_SRCS)
+	@mkdir -p build-fuzz
+	@echo "  FUZZ    $@"
+	$(Q)clang $(filter-out -MMD -MP,$(CPPFLAGS)) $(FUZZ_FLAGS) -o $@ $^ $(PKG_LIBS) -pthread
+
+build-fuzz/fuzz_keys: tests/fuzz/fuzz_keys.c $(CRYPT_SRCS) $(COMMON_SRCS)
 	@mkdir -p build-fuzz
 	@echo "  FUZZ    $@"
 	$(Q)clang $(filter-out -MMD -MP,$(CPPFLAGS)) $(FUZZ_FLAGS) -o $@ $^ $(PKG_LIBS) -pthread
