@@ -28,6 +28,10 @@ static const char verify_help[] =
     "fixed N% of the packs (chosen by name, so that a nightly N% covers the\n"
     "same packs, and several different percentages overlap).\n"
     "\n"
+    "An encrypted repository is verified with its key when one is given\n"
+    "(--key-file, --password-file, NBDVAULT_PASSWORD); without one, only the\n"
+    "packs' CRCs, layout and sizes are checked, and verify says so.\n"
+    "\n"
     "Exit codes: 0 nothing damaged, 1 damage found or the check failed, 2 bad usage.\n";
 
 struct vout {
