@@ -5,6 +5,7 @@
 #   make check SANITIZE=1  the same, built with ASan + UBSan (in build-san/)
 #   make fuzz            run the libFuzzer harnesses (clang)
 #   make demo            the main job against a qemu-nbd export it starts
+#   make reliability     the fault matrix (docs/RELIABILITY.md)
 #   make bench / bench-vm  benchmarks (docs/BENCHMARKS.md; bench includes bench-s3, -encrypt, -scale)
 #   make install PREFIX=/usr/local
 #   V=1                  show the full command lines
@@ -60,7 +61,7 @@ FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(BUILD)/tests/fuzz/%-replay,$(FUZZ_SRCS))
 FUZZ_BINS   := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRCS))
 
-.PHONY: all check unit-check fuzz-replay integration-check deps fuzz demo bench bench-vm install clean
+.PHONY: all check unit-check fuzz-replay integration-check deps fuzz demo bench bench-vm reliability install clean
 all: nbdvault
 
 ifneq ($(SANITIZE),1)
@@ -186,6 +187,9 @@ bench: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-s3.sh
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-encrypt.sh
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-scale.sh
+
+reliability: deps nbdvault
+	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/reliability.sh --out docs/RELIABILITY.md
 
 bench-vm: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-vm.sh
