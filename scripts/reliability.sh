@@ -8,7 +8,8 @@
 #
 # Rows: errors (nbdkit's error filter at 1%, 10%, 50% on pread and on
 # extents), damage (flipped bytes, truncated, deleted and swapped packs
-# found by verify).  --short: a few trials of each (make check); without
+# found by verify), server-kill (kill -9 of qemu-nbd during a backup),
+# kill (kill -9 of nbdvault during a backup, prune, gc or copy).  --short: a few trials of each (make check); without
 # it the counts of the matrix (make reliability).  Exit 1 when a trial did
 # not hold.
 set -uo pipefail
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage)
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage server-kill kill)
 [ -z "$OUT" ] || OUT=$(realpath -m "$OUT")
 work=$(mktemp -d "${TMPDIR:-/tmp}/nbdvault-rel.XXXXXX")
 pids=()
@@ -151,11 +152,122 @@ row_damage() {
     done
 }
 
+# ---- kill -9 of the NBD server -------------------------------------------------------
+
+row_server_kill() {
+    local data=$work/sk.raw tried=0 held=0 ok=0 i rc repo=$work/repo-sk
+    head -c $((24 * M)) /dev/urandom > "$data"
+    yes "server killed" | head -c $((24 * M)) >> "$data"
+    rm -rf "$repo"
+    "$NBDVAULT" init --repo "$repo" > /dev/null
+    for i in $(seq "$(n 50 3)"); do
+        rm -f "$work/s.sock"
+        qemu-nbd --fork --pid-file="$work/s.pid" -k "$work/s.sock" -t -r -f raw --shared=8 "$data"
+        local before
+        before=$(points "$repo")
+        rc=0
+        "$NBDVAULT" backup "nbd+unix:///?socket=$work/s.sock" --repo "$repo" --disk d --full \
+            > /dev/null 2> "$work/err" &
+        local bk=$!
+        sleep "0.$(printf '%03d' $((RANDOM % 250)))"
+        kill -9 "$(cat "$work/s.pid")" 2>/dev/null
+        wait $bk || rc=$?
+        tried=$((tried + 1))
+        if [ $rc = 0 ] && [ "$(points "$repo")" = $((before + 1)) ] &&
+            "$NBDVAULT" restore --repo "$repo" --disk d --output "$work/r.raw" > /dev/null 2>&1 &&
+            cmp -s "$work/r.raw" "$data"; then
+            held=$((held + 1)) ok=$((ok + 1))
+        elif [ $rc = 1 ] && [ -s "$work/err" ] && [ "$(points "$repo")" = "$before" ]; then
+            held=$((held + 1))
+        else
+            note "server kill #$i" "exit $rc, points $before -> $(points "$repo"): $(head -c 300 "$work/err")"
+        fi
+        rm -f "$work/r.raw"
+    done
+    "$NBDVAULT" verify --repo "$repo" > /dev/null 2>&1 || { note "server kill" "verify failed afterwards"; held=$((held - 1)); }
+    record "kill -9 of qemu-nbd at a random moment of a backup: a clean error and no point, or a whole point ($ok finished first)" \
+        "$tried" "$held" "scripts/reliability.sh server-kill"
+}
+
+# ---- kill -9 of nbdvault ---------------------------------------------------------------
+
+# The disks of the kill row: three raw files served by qemu-nbd.
+kill_setup() {
+    local d
+    for d in a b c; do
+        head -c $((6 * M)) /dev/urandom > "$work/k$d.raw"
+        yes "disk $d" | head -c $((10 * M)) >> "$work/k$d.raw"
+        rm -f "$work/k$d.sock"
+        qemu-nbd --fork --pid-file="$work/k$d.pid" -k "$work/k$d.sock" -t -r -f raw --shared=8 "$work/k$d.raw"
+        pids+=("$(cat "$work/k$d.pid")")
+    done
+    "$NBDVAULT" init --repo "$work/kr" > /dev/null
+    "$NBDVAULT" init --repo "$work/kt" > /dev/null
+    for d in a b c; do
+        "$NBDVAULT" backup "nbd+unix:///?socket=$work/k$d.sock" --repo "$work/kr" --disk "$d" --full > /dev/null
+    done
+}
+
+# The command of a kill trial (its source changes between points: new
+# random bytes at a random place, served from the start again).
+kill_cmd() {
+    case $1 in
+        backup) echo "'$NBDVAULT' backup 'nbd+unix:///?socket=$work/k$2.sock' --repo '$work/kr' --disk $2 --full" ;;
+        prune) echo "'$NBDVAULT' prune --repo '$work/kr' --disk $2 --keep-last 2" ;;
+        gc) echo "'$NBDVAULT' gc --repo '$work/kr'" ;;
+        copy) echo "'$NBDVAULT' copy --repo '$work/kr' --to '$work/kt'" ;;
+    esac
+}
+
+# Whether both repositories are whole: SQLite's check, verify, and the
+# newest point of every disk restoring its disk's bytes.
+kill_check() {
+    local repo d
+    for repo in "$work/kr" "$work/kt"; do
+        [ "$(sqlite3 "$repo/catalog.db" 'PRAGMA integrity_check' 2>&1)" = ok ] || { echo "integrity_check of $repo"; return 1; }
+        "$NBDVAULT" verify --repo "$repo" > "$work/kv.out" 2>&1 || { echo "verify of $repo: $(head -c 200 "$work/kv.out")"; return 1; }
+    done
+    for d in a b c; do
+        "$NBDVAULT" restore --repo "$work/kr" --disk "$d" --output "$work/kr.raw" > /dev/null 2>&1 &&
+            cmp -s "$work/kr.raw" "$work/k$d.raw" || { echo "the newest point of $d does not restore its bytes"; return 1; }
+        rm -f "$work/kr.raw"
+    done
+}
+
+row_kill() {
+    kill_setup
+    local total=$(n 200 8) tried=0 held=0 i op d cmd why
+    local ops=(backup prune gc copy)
+    for i in $(seq "$total"); do
+        op=${ops[$((RANDOM % 4))]}
+        d=$(printf 'abc' | cut -c$((RANDOM % 3 + 1)))
+        cmd=$(kill_cmd "$op" "$d")
+        bash -c "exec $cmd" > /dev/null 2>&1 &
+        local pid=$!
+        sleep "0.$(printf '%03d' $((RANDOM % 300)))"
+        kill -9 $pid 2>/dev/null
+        wait $pid 2>/dev/null
+        tried=$((tried + 1))
+        # The next run of the same command succeeds, and everything is whole.
+        if ! bash -c "$cmd" > "$work/again" 2>&1; then
+            note "kill $op #$i" "the next $op failed: $(head -c 300 "$work/again")"
+        elif ! why=$(kill_check); then
+            note "kill $op #$i" "$why"
+        else
+            held=$((held + 1))
+        fi
+    done
+    record "kill -9 of nbdvault at a random moment of a backup, prune, gc or copy: integrity_check, verify and every disk's newest point whole, the next run succeeds" \
+        "$tried" "$held" "scripts/reliability.sh kill"
+}
+
 for r in "${ROWS[@]}"; do
     case $r in
         errors) row_errors ;;
         damage) row_damage ;;
-        *) echo "reliability: unknown row $r (errors, damage)" >&2; exit 2 ;;
+        server-kill) row_server_kill ;;
+        kill) row_kill ;;
+        *) echo "reliability: unknown row $r (errors, damage, server-kill, kill)" >&2; exit 2 ;;
     esac
 done
 [ -s "$work/trials.log" ] && { echo "trials that did not hold:" >&2; cat "$work/trials.log" >&2; }
@@ -176,9 +288,8 @@ if [ -n "$OUT" ]; then
         echo
         echo "Rows of the matrix not built yet (each still has single cases in make"
         echo "check): 30 minutes of each fuzzing harness, the hostile server of the NBD CVE"
-        echo "list, kill -9 of nbdvault and of qemu-nbd at random moments, TLS refusals as"
-        echo "counts, server abuse, concurrency in every pair, a full file system at"
-        echo "every stage, valgrind."
+        echo "list, TLS refusals as counts, server abuse, concurrency in every pair, a full"
+        echo "file system at every stage, valgrind."
     } > "$OUT"
 fi
 exit $failed
