@@ -3,8 +3,9 @@
 # --short; make reliability runs the long one into docs/RELIABILITY.md):
 # nbdkit's error filter at 1%, 10% and 50% on pread and extents; flipped,
 # truncated, deleted and swapped packs; kill -9 of qemu-nbd during a
-# backup; kill -9 of nbdvault during a backup, prune, gc or copy.  Every
-# trial must hold.
+# backup; kill -9 of nbdvault during a backup, prune, gc or copy; two of
+# backup, prune, gc, restore and serve at once in every pair; five backups
+# of one disk at once.  Every trial must hold.
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 requires nbdkit --version
@@ -14,5 +15,5 @@ requires sqlite3 --version
 TMPDIR=$testdir NBDVAULT=$NBDVAULT run "$here/../../scripts/reliability.sh" --short --out rel.md ||
     { cat rel.md 2>/dev/null; fail "a trial of the reliability matrix did not hold"; }
 cat rel.md
-[ "$(grep -c '^| [a-z]' rel.md)" -ge 12 ] || fail "the matrix has fewer than 12 rows"
+[ "$(grep -c '^| [a-z]' rel.md)" -ge 14 ] || fail "the matrix has fewer than 14 rows"
 echo OK
