@@ -14,16 +14,18 @@ static char *read_line(FILE *tty, const char *prompt)
     int fd = fileno(tty);
     bool restore = tcgetattr(fd, &old) == 0;
 
-    fprintf(stderr, "%s", prompt);
-    fflush(stderr);
+    /* Echo off before the prompt shows: what is typed once it shows must
+     * not be flushed by the change (TCSAFLUSH drops only what came before). */
     if (restore) {
         quiet = old;
         quiet.c_lflag &= ~(tcflag_t)ECHO;
         tcsetattr(fd, TCSAFLUSH, &quiet);
     }
+    fprintf(stderr, "%s", prompt);
+    fflush(stderr);
     char *got = fgets(buf, sizeof buf, tty);
     if (restore)
-        tcsetattr(fd, TCSAFLUSH, &old);
+        tcsetattr(fd, TCSANOW, &old);
     fputc('\n', stderr);
     if (!got)
         return NULL;

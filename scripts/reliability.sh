@@ -11,11 +11,13 @@
 # found by verify), server-kill (kill -9 of qemu-nbd during a backup),
 # kill (kill -9 of nbdvault during a backup, prune, gc or copy), pairs
 # (two of backup, prune, gc, restore, serve at once), same-disk (twenty
-# backups of one disk at once).  --short: a few trials of each (make check); without
+# backups of one disk at once), hostile (a scripted hostile NBD server:
+# tests/tools/hostile-server.py).  --short: a few trials of each (make check); without
 # it the counts of the matrix (make reliability).  Exit 1 when a trial did
 # not hold.
 set -uo pipefail
 NBDVAULT=${NBDVAULT:-$(pwd)/nbdvault}
+TOOLS=$(cd "$(dirname "$0")/../tests/tools" && pwd)
 SHORT=
 OUT=
 ROWS=()
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage server-kill kill pairs same-disk)
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage server-kill kill pairs same-disk hostile)
 [ -z "$OUT" ] || OUT=$(realpath -m "$OUT")
 work=$(mktemp -d "${TMPDIR:-/tmp}/nbdvault-rel.XXXXXX")
 pids=()
@@ -358,6 +360,61 @@ row_same_disk() {
         "$n" "$held" "scripts/reliability.sh same-disk"
 }
 
+# ---- A hostile NBD server (tests/tools/hostile-server.py) ----------------------------
+
+# hostile_trial SCENARIO EXPECT: one backup from the scripted server.
+hostile_trial() {
+    local s=$1 expect=$2 repo=$work/repo-h rc=0 sock=$work/h.sock uri
+    rm -rf "$repo" "$sock"
+    "$NBDVAULT" init --repo "$repo" > /dev/null
+    python3 "$TOOLS/hostile-server.py" "$sock" "$work/h.raw" "$s" & local sp=$!
+    local i
+    for i in $(seq 100); do [ -S "$sock" ] && break; sleep 0.02; done
+    uri="nbd+unix:///?socket=$sock"
+    case $s in *-tls) uri="nbds+unix://alice@/?socket=$sock&tls-psk-file=$work/h.psk" ;; esac
+    timeout 60 "$NBDVAULT" backup "$uri" --repo "$repo" --disk h > /dev/null 2> "$work/h.err" || rc=$?
+    kill $sp 2>/dev/null
+    wait $sp 2>/dev/null
+    local np
+    np=$(points "$repo")
+    if [ $rc = 0 ] && [ "$expect" != fail ] && [ "$np" = 1 ] &&
+        "$NBDVAULT" restore --repo "$repo" --disk h --output "$work/h-r.raw" > /dev/null 2>&1 &&
+        cmp -s "$work/h-r.raw" "$work/h.raw"; then
+        rm -f "$work/h-r.raw"
+        return 0
+    fi
+    rm -f "$work/h-r.raw"
+    if [ $rc = 1 ] && [ "$expect" != ok ] && [ -s "$work/h.err" ] && [ "$np" = 0 ]; then
+        return 0
+    fi
+    note "hostile server $s" "expected $expect, got exit $rc and $np point(s): $(head -c 300 "$work/h.err")"
+    return 1
+}
+
+row_hostile() {
+    head -c $((3 * M)) /dev/urandom > "$work/h.raw"
+    printf 'alice:%s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$work/h.psk"
+    # --short: the control and a few of each kind; otherwise every scenario.
+    local pick='.'
+    [ -z "$SHORT" ] || pick='^(ok|oldstyle-tls|opt-len-huge|size-2p63|info-name-oversize|read-outside|read-wrap@ext|read-unknown-cookie|bs-wrap@ext|bs-zero-length|cut-read-24|cut-bs-12@ext) '
+    local kind tried held failed_clean s expect
+    for kind in handshake transmission; do
+        tried=0 held=0
+        while read -r s expect _; do
+            case $s in read-*|bs-*|cut-read-*|cut-bs-*|reply-*) [ $kind = transmission ] || continue ;;
+                       *) [ $kind = handshake ] || continue ;; esac
+            tried=$((tried + 1))
+            hostile_trial "$s" "$expect" && held=$((held + 1))
+        done < <(python3 "$TOOLS/hostile-server.py" --list | grep -E "$pick")
+        if [ $kind = handshake ]; then
+            what="a hostile server's handshake (bad greetings, oldstyle or no STARTTLS under nbds://, option replies of 0xffffffff bytes, oversize names, export sizes 2^63 and 2^64-1, unknown flags, cuts every 3 bytes)"
+        else
+            what="a hostile server's replies, compact and extended (block status past the request, wrapping 2^64, extent length 0, data outside the request or wrapping, unknown cookies and types, error chunks, cuts inside every reply)"
+        fi
+        record "$what: a clean error and no point, or every byte right" "$tried" "$held" "scripts/reliability.sh hostile"
+    done
+}
+
 for r in "${ROWS[@]}"; do
     case $r in
         errors) row_errors ;;
@@ -366,7 +423,8 @@ for r in "${ROWS[@]}"; do
         kill) row_kill ;;
         pairs) row_pairs ;;
         same-disk) row_same_disk ;;
-        *) echo "reliability: unknown row $r (errors, damage, server-kill, kill, pairs, same-disk)" >&2; exit 2 ;;
+        hostile) row_hostile ;;
+        *) echo "reliability: unknown row $r (errors, damage, server-kill, kill, pairs, same-disk, hostile)" >&2; exit 2 ;;
     esac
 done
 [ -s "$work/trials.log" ] && { echo "trials that did not hold:" >&2; cat "$work/trials.log" >&2; }

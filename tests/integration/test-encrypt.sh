@@ -67,7 +67,8 @@ EOF
 
 # Typed on a terminal: the passphrase is asked for, without echo.
 "$PYTHON" - "$NBDVAULT" "$repo" <<'EOF' || fail "the passphrase typed on a terminal did not open the repository"
-import os, pty, sys, time
+import os, pty, signal, sys, time
+signal.alarm(60)  # a lost passphrase must fail the test, not hang it
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[1], [sys.argv[1], "list", "--repo", sys.argv[2]])
