@@ -12,7 +12,8 @@
 # kill (kill -9 of nbdvault during a backup, prune, gc or copy), pairs
 # (two of backup, prune, gc, restore, serve at once), same-disk (twenty
 # backups of one disk at once), hostile (a scripted hostile NBD server:
-# tests/tools/hostile-server.py).  --short: a few trials of each (make check); without
+# tests/tools/hostile-server.py), tls (TLS refusals, as a client and as
+# a server).  --short: a few trials of each (make check); without
 # it the counts of the matrix (make reliability).  Exit 1 when a trial did
 # not hold.
 set -uo pipefail
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage server-kill kill pairs same-disk hostile)
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage server-kill kill pairs same-disk hostile tls)
 [ -z "$OUT" ] || OUT=$(realpath -m "$OUT")
 work=$(mktemp -d "${TMPDIR:-/tmp}/nbdvault-rel.XXXXXX")
 pids=()
@@ -415,6 +416,93 @@ row_hostile() {
     done
 }
 
+# ---- TLS refusals ------------------------------------------------------------------
+
+# tls_trial NAME URI PATTERN: a backup that must be refused before it reads
+# anything: exit 1, the error matching PATTERN, no point.
+tls_trial() {
+    local repo=$work/repo-t rc=0
+    rm -rf "$repo"
+    "$NBDVAULT" init --repo "$repo" > /dev/null
+    timeout 60 "$NBDVAULT" backup "$2" --repo "$repo" --disk t > /dev/null 2> "$work/t.err" || rc=$?
+    if [ $rc = 1 ] && grep -Eq "$3" "$work/t.err" && [ "$(points "$repo")" = 0 ]; then
+        return 0
+    fi
+    note "tls $1" "exit $rc, $(points "$repo") point(s): $(head -c 300 "$work/t.err")"
+    return 1
+}
+
+# A plaintext client of a TLS-only `serve`: refused, not a byte of the point.
+tls_serve_trial() {
+    local rc=0
+    rm -f "$work/ts.raw"
+    nbdcopy "nbd+unix:///t?socket=$work/ts.sock" "$work/ts.raw" > /dev/null 2> "$work/t.err" || rc=$?
+    if [ $rc != 0 ] && { [ ! -e "$work/ts.raw" ] || [ ! -s "$work/ts.raw" ]; }; then
+        return 0
+    fi
+    note "tls serve" "a plaintext nbdcopy got exit $rc and $(stat -c %s "$work/ts.raw" 2>/dev/null) bytes"
+    return 1
+}
+
+row_tls() {
+    . "$TOOLS/tls-creds.sh"
+    make_x509 "$work/x" || return 1
+    make_psk "$work/psk" alice
+    make_psk "$work/psk-wrong" alice
+    head -c $((2 * M)) /dev/urandom > "$work/t.raw"
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    local port2
+    port2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    rm -f "$work/tp.sock" "$work/tq.sock"
+    qemu-nbd --fork --pid-file="$work/tx.pid" -b 127.0.0.1 -p "$port" -t -r -f raw \
+        --object tls-creds-x509,id=t1,endpoint=server,dir="$work/x/server",verify-peer=no --tls-creds t1 "$work/t.raw"
+    pids+=("$(cat "$work/tx.pid")")
+    qemu-nbd --fork --pid-file="$work/tv.pid" -b 127.0.0.1 -p "$port2" -t -r -f raw \
+        --object tls-creds-x509,id=t2,endpoint=server,dir="$work/x/server",verify-peer=yes --tls-creds t2 "$work/t.raw"
+    pids+=("$(cat "$work/tv.pid")")
+    qemu-nbd --fork --pid-file="$work/tp.pid" -k "$work/tp.sock" -t -r -f raw \
+        --object tls-creds-psk,id=t3,endpoint=server,dir="$work/psk" --tls-creds t3 "$work/t.raw"
+    pids+=("$(cat "$work/tp.pid")")
+    qemu-nbd --fork --pid-file="$work/tq.pid" -k "$work/tq.sock" -t -r -f raw "$work/t.raw"
+    pids+=("$(cat "$work/tq.pid")")
+    python3 "$TOOLS/hostile-server.py" "$work/th.sock" "$work/t.raw" starttls-unsup-tls & pids+=("$!")
+    # The control: the right credentials back up every byte.
+    "$NBDVAULT" init --repo "$work/repo-tok" > /dev/null
+    "$NBDVAULT" backup "nbds://localhost:$port/?tls-certificates=$work/x/ca-only" --repo "$work/repo-tok" --disk t > /dev/null &&
+        "$NBDVAULT" restore --repo "$work/repo-tok" --disk t --output "$work/tok.raw" > /dev/null &&
+        cmp -s "$work/tok.raw" "$work/t.raw" || { note "tls control" "the right credentials did not back up the disk"; failed=1; }
+    rm -f "$work/ts.sock"
+    "$NBDVAULT" serve --repo "$work/repo-tok" --socket "$work/ts.sock" --tls-psk-file "$work/psk/keys.psk" > /dev/null 2>&1 &
+    pids+=("$!")
+    local i
+    for i in $(seq 100); do [ -S "$work/ts.sock" ] && [ -S "$work/th.sock" ] && break; sleep 0.02; done
+    local psk=$work/psk/keys.psk tried=0 held=0 k c
+    local cases=(
+        "plaintext|nbds+unix://alice@/?socket=$work/tq.sock&tls-psk-file=$psk|TLS is required"
+        "wrong-ca|nbds://localhost:$port/?tls-certificates=$work/x/other-ca|issuer is unknown|not trusted"
+        "wrong-host|nbds://127.0.0.1:$port/?tls-certificates=$work/x/ca-only|not valid for host name"
+        "wrong-psk|nbds+unix://alice@/?socket=$work/tp.sock&tls-psk-file=$work/psk-wrong/keys.psk|TLS|closed"
+        "no-client-cert|nbds://localhost:$port2/?tls-certificates=$work/x/ca-only|client certificate"
+        "starttls-refused|nbds+unix://alice@/?socket=$work/th.sock&tls-psk-file=$psk|TLS is required"
+    )
+    for c in "${cases[@]}"; do
+        for k in $(seq "$(n 10 1)"); do
+            tried=$((tried + 1))
+            IFS='|' read -r name uri pat <<< "$c"
+            tls_trial "$name" "$uri" "$pat" && held=$((held + 1))
+        done
+    done
+    record "TLS: nbds:// to a plaintext server, a wrong CA, a wrong host name, a wrong PSK, no client certificate for a verifying server, STARTTLS refused: refused before any read, no point" \
+        "$tried" "$held" "scripts/reliability.sh tls"
+    tried=0 held=0
+    for k in $(seq "$(n 10 1)"); do
+        tried=$((tried + 1))
+        tls_serve_trial && held=$((held + 1))
+    done
+    record "a plaintext client of a TLS-only serve: refused, no data" "$tried" "$held" "scripts/reliability.sh tls"
+}
+
 for r in "${ROWS[@]}"; do
     case $r in
         errors) row_errors ;;
@@ -424,7 +512,8 @@ for r in "${ROWS[@]}"; do
         pairs) row_pairs ;;
         same-disk) row_same_disk ;;
         hostile) row_hostile ;;
-        *) echo "reliability: unknown row $r (errors, damage, server-kill, kill, pairs, same-disk, hostile)" >&2; exit 2 ;;
+        tls) row_tls ;;
+        *) echo "reliability: unknown row $r (errors, damage, server-kill, kill, pairs, same-disk, hostile, tls)" >&2; exit 2 ;;
     esac
 done
 [ -s "$work/trials.log" ] && { echo "trials that did not hold:" >&2; cat "$work/trials.log" >&2; }
