@@ -13,7 +13,7 @@
 # (two of backup, prune, gc, restore, serve at once), same-disk (twenty
 # backups of one disk at once), hostile (a scripted hostile NBD server:
 # tests/tools/hostile-server.py), tls (TLS refusals, as a client and as
-# a server).  --short: a few trials of each (make check); without
+# a server), full (a full file system at every stage of a backup).  --short: a few trials of each (make check); without
 # it the counts of the matrix (make reliability).  Exit 1 when a trial did
 # not hold.
 set -uo pipefail
@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage server-kill kill pairs same-disk hostile tls)
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage server-kill kill pairs same-disk hostile tls full)
 [ -z "$OUT" ] || OUT=$(realpath -m "$OUT")
 work=$(mktemp -d "${TMPDIR:-/tmp}/nbdvault-rel.XXXXXX")
 pids=()
@@ -503,6 +503,78 @@ row_tls() {
     record "a plaintext client of a TLS-only serve: refused, no data" "$tried" "$held" "scripts/reliability.sh tls"
 }
 
+# ---- A full file system ----------------------------------------------------------------
+
+# full_trial SIZE_KIB I: a repository on a tmpfs of SIZE_KIB holding one
+# small point, then a backup of 8 MiB of random data that fills it at
+# whatever stage SIZE_KIB lets it reach.  Holds when that backup either
+# succeeds with every byte or fails cleanly (exit 1 naming the lack of
+# space, no new point), the first point still restores, verify passes,
+# and gc gives back what the failed backup wrote.
+full_trial() {
+    local kib=$1 i=$2 mnt=$work/full rc=0
+    mkdir -p "$mnt"
+    mount -t tmpfs -o "size=${kib}k" tmpfs "$mnt" || return 2
+    local repo=$mnt/repo why=
+    "$NBDVAULT" init --repo "$repo" > /dev/null 2>&1 &&
+        "$NBDVAULT" backup "nbd+unix:///?socket=$work/fs.sock" --repo "$repo" --disk small > /dev/null 2>&1 ||
+        { umount "$mnt"; return 3; }
+    local used0
+    used0=$(df -k --output=used "$mnt" | tail -1)
+    "$NBDVAULT" backup "nbd+unix:///?socket=$work/fb.sock" --repo "$repo" --disk big > /dev/null 2> "$work/f.err" || rc=$?
+    if [ $rc = 0 ]; then
+        "$NBDVAULT" restore --repo "$repo" --disk big --output "$work/fb-r.raw" > /dev/null 2>&1 &&
+            cmp -s "$work/fb-r.raw" "$work/fb.raw" || why="the backup succeeded but does not restore"
+        rm -f "$work/fb-r.raw"
+    elif [ $rc != 1 ] || ! grep -q "No space left\|ENOSPC\|disk is full\|database or disk is full" "$work/f.err"; then
+        why="exit $rc: $(head -c 200 "$work/f.err")"
+    elif [ "$(points "$repo")" != 1 ]; then
+        why="a failed backup left $(points "$repo") points"
+    else
+        "$NBDVAULT" gc --repo "$repo" > "$work/f.gc" 2>&1 || why="gc after it failed: $(head -c 200 "$work/f.gc")"
+        local used1
+        used1=$(df -k --output=used "$mnt" | tail -1)
+        [ -n "$why" ] || [ "$used1" -le $((used0 + 256)) ] || why="gc left $((used1 - used0)) KiB of the failed backup"
+    fi
+    if [ -z "$why" ]; then
+        "$NBDVAULT" restore --repo "$repo" --disk small --output "$work/fs-r.raw" > /dev/null 2>&1 &&
+            cmp -s "$work/fs-r.raw" "$work/fs.raw" || why="the earlier point does not restore"
+        rm -f "$work/fs-r.raw"
+        [ -n "$why" ] || "$NBDVAULT" verify --repo "$repo" > /dev/null 2>&1 || why="verify fails"
+    fi
+    umount "$mnt"
+    full_rc=$rc
+    [ -z "$why" ] && return 0
+    note "full file system ${kib} KiB #$i" "$why"
+    return 1
+}
+
+row_full() {
+    head -c $((256 * 1024)) /dev/urandom > "$work/fs.raw"
+    head -c $((8 * M)) /dev/urandom > "$work/fb.raw"
+    local f
+    for f in fs fb; do
+        rm -f "$work/$f.sock"
+        qemu-nbd --fork --pid-file="$work/$f.pid" -k "$work/$f.sock" -t -r -f raw --shared=8 "$work/$f.raw"
+        pids+=("$(cat "$work/$f.pid")")
+    done
+    # From a file system the first point barely fits in to one the second
+    # fits in: the space runs out in the pack writes, the catalog's
+    # transactions, the WAL and the point's commit.
+    local count=$(n 40 4) tried=0 held=0 ok=0 i kib r
+    for i in $(seq "$count"); do
+        kib=$((1200 + (i - 1) * 9000 / count + RANDOM % 64))
+        r=0
+        full_trial "$kib" "$i" || r=$?
+        [ $r != 2 ] || { echo "reliability: cannot mount a tmpfs here: the full file system row is not run" >&2; return 0; }
+        [ $r != 3 ] && tried=$((tried + 1))
+        [ $r = 0 ] && held=$((held + 1))
+        [ $r != 0 ] || [ "$full_rc" != 0 ] || ok=$((ok + 1))
+    done
+    record "a full file system (tmpfs of 1.2 to 10 MiB) at every stage of a backup: a clean error naming it, no point, the earlier point whole, gc gives the space back; or every byte ($ok fitted)" \
+        "$tried" "$held" "scripts/reliability.sh full"
+}
+
 for r in "${ROWS[@]}"; do
     case $r in
         errors) row_errors ;;
@@ -513,7 +585,8 @@ for r in "${ROWS[@]}"; do
         same-disk) row_same_disk ;;
         hostile) row_hostile ;;
         tls) row_tls ;;
-        *) echo "reliability: unknown row $r (errors, damage, server-kill, kill, pairs, same-disk, hostile, tls)" >&2; exit 2 ;;
+        full) row_full ;;
+        *) echo "reliability: unknown row $r (errors, damage, server-kill, kill, pairs, same-disk, hostile, tls, full)" >&2; exit 2 ;;
     esac
 done
 [ -s "$work/trials.log" ] && { echo "trials that did not hold:" >&2; cat "$work/trials.log" >&2; }
