@@ -11,7 +11,7 @@ PACKAGES="build-essential pkg-config clang libclang-rt-14-dev
 libgnutls28-dev libzstd-dev libsqlite3-dev libcurl4-gnutls-dev libcmocka-dev
 libjson-c-dev libinih-dev libisal-dev libargon2-dev
 qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin python3-libnbd nbd-server gnutls-bin
-sqlite3 zstd time e2fsprogs
+sqlite3 zstd time e2fsprogs valgrind
 libxml2-dev libvirt-dev libvirt-daemon-system libvirt-clients qemu-system-x86 virtnbdbackup
 ceph-mon ceph-osd radosgw ceph-common restic"
 

@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage server-kill kill pairs same-disk hostile tls full)
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(errors damage server-kill kill pairs same-disk hostile tls full valgrind)
 [ -z "$OUT" ] || OUT=$(realpath -m "$OUT")
 work=$(mktemp -d "${TMPDIR:-/tmp}/nbdvault-rel.XXXXXX")
 pids=()
@@ -575,6 +575,57 @@ row_full() {
         "$tried" "$held" "scripts/reliability.sh full"
 }
 
+# ---- valgrind --------------------------------------------------------------------------
+
+# vg NAME CMD...: CMD under memcheck; holds with no error and no leak.
+vg() {
+    local name=$1 rc=0
+    shift
+    valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+        --show-leak-kinds=definite,indirect --log-file="$work/vg-$name.log" "$@" > /dev/null 2>&1 || rc=$?
+    if [ $rc = 0 ] && [ ! -s "$work/vg-$name.log" ]; then
+        return 0
+    fi
+    note "valgrind $name" "exit $rc: $(grep -m3 -E 'ERROR SUMMARY|definitely|indirectly|Invalid|uninitialised' "$work/vg-$name.log" | tr '\n' ' ')"
+    return 1
+}
+
+row_valgrind() {
+    if ldd "$NBDVAULT" 2>/dev/null | grep -q 'libasan\|libubsan'; then
+        echo "reliability: $NBDVAULT is built with sanitizers: the valgrind row is not run" >&2
+        return 0
+    fi
+    local repo=$work/repo-vg tried=0 held=0 k
+    head -c $((6 * M)) /dev/urandom > "$work/vg.raw"
+    yes "valgrind row" | head -c $((6 * M)) >> "$work/vg.raw"
+    rm -f "$work/vg.sock"
+    qemu-nbd --fork --pid-file="$work/vg.pid" -k "$work/vg.sock" -t -r -f raw --shared=8 "$work/vg.raw"
+    pids+=("$(cat "$work/vg.pid")")
+    "$NBDVAULT" init --repo "$repo" > /dev/null
+    for k in $(seq "$(n 3 1)"); do
+        tried=$((tried + 3))
+        vg "backup-$k" "$NBDVAULT" backup "nbd+unix:///?socket=$work/vg.sock" --repo "$repo" --disk vg --full &&
+            held=$((held + 1))
+        rm -f "$work/vg-r.raw"
+        vg "restore-$k" "$NBDVAULT" restore --repo "$repo" --disk vg --output "$work/vg-r.raw" &&
+            cmp -s "$work/vg-r.raw" "$work/vg.raw" && held=$((held + 1))
+        # A serve session: nbdinfo and nbdcopy read the point, then SIGTERM.
+        rm -f "$work/vgs.sock" "$work/vgs.raw"
+        vg "serve-$k" "$NBDVAULT" serve --repo "$repo" --socket "$work/vgs.sock" &
+        local sp=$! i
+        for i in $(seq 300); do [ -S "$work/vgs.sock" ] && break; sleep 0.05; done
+        nbdinfo "nbd+unix:///vg?socket=$work/vgs.sock" > /dev/null 2>&1
+        nbdcopy "nbd+unix:///vg?socket=$work/vgs.sock" "$work/vgs.raw" 2> /dev/null
+        pkill -TERM -f "valgrind.*--socket $work/vgs.sock" 2>/dev/null
+        local ok=1
+        wait $sp || ok=0
+        cmp -s "$work/vgs.raw" "$work/vg.raw" || { ok=0; note "valgrind serve-$k" "nbdcopy read other bytes"; }
+        held=$((held + ok))
+    done
+    record "valgrind memcheck of a backup, a restore and a serve session (nbdinfo, nbdcopy, SIGTERM): no error, no definite or indirect leak, every byte right" \
+        "$tried" "$held" "scripts/reliability.sh valgrind"
+}
+
 for r in "${ROWS[@]}"; do
     case $r in
         errors) row_errors ;;
@@ -586,7 +637,8 @@ for r in "${ROWS[@]}"; do
         hostile) row_hostile ;;
         tls) row_tls ;;
         full) row_full ;;
-        *) echo "reliability: unknown row $r (errors, damage, server-kill, kill, pairs, same-disk, hostile, tls, full)" >&2; exit 2 ;;
+        valgrind) row_valgrind ;;
+        *) echo "reliability: unknown row $r (errors, damage, server-kill, kill, pairs, same-disk, hostile, tls, full, valgrind)" >&2; exit 2 ;;
     esac
 done
 [ -s "$work/trials.log" ] && { echo "trials that did not hold:" >&2; cat "$work/trials.log" >&2; }
