@@ -188,8 +188,8 @@ bench: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-encrypt.sh
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-scale.sh
 
-reliability: deps nbdvault
-	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/reliability.sh --out docs/RELIABILITY.md
+reliability: deps nbdvault $(HOSTILE_CLIENT)
+	@NBDVAULT=$(abspath $(NBDVAULT)) HOSTILE_CLIENT=$(abspath $(HOSTILE_CLIENT)) scripts/reliability.sh --out docs/RELIABILITY.md
 
 bench-vm: deps nbdvault
 	@NBDVAULT=$(abspath $(NBDVAULT)) scripts/bench-vm.sh
