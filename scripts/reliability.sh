@@ -710,7 +710,7 @@ if [ -n "$OUT" ]; then
         echo "|---|---|---|---|"
         printf '%s\n' "${table[@]}"
         echo
-        echo "Fuzzing (each libFuzzer harness for 30 minutes, \\`make fuzz FUZZ_SECONDS=1800\\`)"
+        echo "Fuzzing (each libFuzzer harness for 30 minutes, \`make fuzz FUZZ_SECONDS=1800\`)"
         echo "is recorded by hand in docs/RELIABILITY-FUZZ.md.  Not in the matrix yet: a"
         echo "running VM's backup killed at random moments, and the S3 faults as counts"
         echo "(each has single cases in make check: test-vm-run, test-s3-faults)."
