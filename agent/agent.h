@@ -97,6 +97,7 @@ struct agent_backup_opts {
     unsigned connections;         /* 0 = default */
     int compress_level;           /* zstd level; 0 = default */
     uint64_t max_rate;            /* bytes per second read, over all connections; 0 = no limit */
+    int io_timeout_ms;            /* no reply for this long fails the backup; 0 = default, -1 = never */
     /* What the point records of its source (agent_backup_vm sets them):
      * source_kind "nbd" (NULL) / "libvirt" / "qmp", the VM's identity, the
      * checkpoint its job created, and why a full point is full. */
@@ -148,6 +149,7 @@ struct agent_vm_opts {
     unsigned connections;
     int compress_level;
     uint64_t max_rate;            /* bytes per second over all reads; 0 = no limit */
+    int io_timeout_ms;            /* as in agent_backup_opts */
     /* Called before each disk's backup with its name ("vm1/vda"). */
     void (*disk_start)(void *opaque, const char *disk);
     /* Info lines: what was decided and cleaned up ("vm1/vda: full backup:

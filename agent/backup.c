@@ -353,7 +353,7 @@ static int connect_source(struct backup *b)
         }
         ctxs[1] = b->bitmap_ctx;
     }
-    struct nbd_conn_opts copts = { .meta_contexts = ctxs };
+    struct nbd_conn_opts copts = { .meta_contexts = ctxs, .reply_timeout_ms = o->io_timeout_ms };
     b->pool = nbd_pool_open(o->uri, &copts, o->connections ? o->connections : AGENT_DEFAULT_CONNECTIONS);
     if (!b->pool) {
         error_prefix("%s: ", o->uri);

@@ -238,6 +238,7 @@ static void backup_disk(struct vmb *v, size_t i, struct agent_vm_disk_result *re
         .connections = o->connections,
         .compress_level = o->compress_level,
         .max_rate = o->max_rate,
+        .io_timeout_ms = o->io_timeout_ms,
         .source_kind = o->qmp ? "qmp" : "libvirt",
         .vm_uuid = vm_uuid(v->vm),
         .checkpoint = v->checkpoint,

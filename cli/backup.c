@@ -48,6 +48,8 @@ static const char backup_help[] =
     "                        (default 4)\n"
     "  --max-rate RATE       read at most RATE bytes per second over all connections\n"
     "                        (200M, 1G; default: no limit): gentle on a live VM\n"
+    "  --io-timeout SECONDS  fail when the server sends nothing for SECONDS while\n"
+    "                        reads are in flight (default 300; 0 = wait for ever)\n"
     "  --compress-level N    zstd level (default 1; level 1 uses a smaller hash\n"
     "                        table than zstd's own: faster, ~2% larger)\n"
     "  --config FILE         defaults from FILE (see agent.conf.example)\n"
@@ -133,6 +135,7 @@ static int backup_vm(struct agent_repo *r, const struct cli_source *s, bool json
         .connections = s->connections,
         .compress_level = s->compress_level,
         .max_rate = s->max_rate,
+        .io_timeout_ms = s->io_timeout_ms,
         .disk_start = disk_start,
         .note = backup_note,
         .progress = cli_progress_wanted(json) ? cli_progress : NULL,
@@ -187,6 +190,7 @@ int cli_backup_source(struct agent_repo *r, const struct cli_source *s, bool jso
         .connections = s->connections,
         .compress_level = s->compress_level,
         .max_rate = s->max_rate,
+        .io_timeout_ms = s->io_timeout_ms,
         .progress = cli_progress_wanted(json) ? cli_progress : NULL,
         .warn = backup_warn,
         .opaque = &prog,
@@ -259,6 +263,7 @@ int cli_backup(int argc, char **argv)
         { "full", no_argument, NULL, 'f' },
         { "connections", required_argument, NULL, 'n' },
         { "max-rate", required_argument, NULL, 'm' },
+        { "io-timeout", required_argument, NULL, 'T' },
         { "compress-level", required_argument, NULL, 'l' },
         { "config", required_argument, NULL, 'C' },
         { "json", no_argument, NULL, 'j' },
@@ -267,7 +272,7 @@ int cli_backup(int argc, char **argv)
     };
     struct cli_config cfg;
     struct cli_source s = { 0 };
-    const char *repo = NULL, *config = NULL, *conns = NULL, *level = NULL, *rate = NULL;
+    const char *repo = NULL, *config = NULL, *conns = NULL, *level = NULL, *rate = NULL, *iot = NULL;
     bool json = false;
     int ch, ret = CLI_EXIT_USAGE;
 
@@ -295,6 +300,7 @@ int cli_backup(int argc, char **argv)
         case 'f': s.full = true; break;
         case 'n': conns = optarg; break;
         case 'm': rate = optarg; break;
+        case 'T': iot = optarg; break;
         case 'l': level = optarg; break;
         case 'C': config = optarg; break;
         case 'j': json = true; break;
@@ -337,6 +343,14 @@ int cli_backup(int argc, char **argv)
     if (rate && (cli_parse_size(rate, &s.max_rate) < 0 || !s.max_rate)) {
         cli_usage_error("backup", "bad --max-rate \"%s\" (bytes per second: 200M, 1G)", rate);
         goto out;
+    }
+    if (iot) {
+        unsigned secs;
+        if (cli_parse_unsigned(iot, 86400, &secs) < 0) {
+            cli_usage_error("backup", "bad --io-timeout \"%s\" (seconds, 0 to 86400; 0 = no limit)", iot);
+            goto out;
+        }
+        s.io_timeout_ms = secs ? (int)secs * 1000 : -1;
     }
     s.connections = cfg.connections;
     s.compress_level = cfg.compress_level;

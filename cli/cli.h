@@ -58,6 +58,7 @@ struct cli_source {
     unsigned connections;
     int compress_level;
     uint64_t max_rate;
+    int io_timeout_ms;            /* --io-timeout: 0 = default, -1 = never */
 };
 /* Usage checks (prints the error): 0 or -1. */
 int cli_source_check(const struct cli_source *s, const char *cmd);

@@ -268,7 +268,7 @@ const char *nbd_context_name(const struct nbd_conn *c, size_t i)
     return i < c->ncontexts ? c->contexts[i].name : NULL;
 }
 
-static int64_t context_index(const struct nbd_conn *c, const char *name)
+int64_t nbd_conn_context_index(const struct nbd_conn *c, const char *name)
 {
     for (size_t i = 0; i < c->ncontexts; i++)
         if (strcmp(c->contexts[i].name, name) == 0)
@@ -278,7 +278,7 @@ static int64_t context_index(const struct nbd_conn *c, const char *name)
 
 bool nbd_has_context(const struct nbd_conn *c, const char *name)
 {
-    return context_index(c, name) >= 0;
+    return nbd_conn_context_index(c, name) >= 0;
 }
 
 void nbd_get_block_size(const struct nbd_conn *c, uint32_t *min, uint32_t *pref, uint32_t *max)
@@ -306,7 +306,7 @@ bool nbd_can(const struct nbd_conn *c, uint16_t flag)
 
 /* ---- Transmission setup --------------------------------------------------- */
 
-static uint32_t alignment(const struct nbd_conn *c)
+uint32_t nbd_conn_alignment(const struct nbd_conn *c)
 {
     return c->has_block_size ? c->min_block : 1;
 }
@@ -509,7 +509,7 @@ void nbd_conn_kill(struct nbd_conn *c, int err, const char *fmt, ...)
 
 /* ---- Submission -------------------------------------------------------------- */
 
-static int refuse(struct nbd_conn *c, const char *what)
+int nbd_conn_refuse(struct nbd_conn *c, const char *what)
 {
     if (c->dead) {
         nbd_set_error(c->dead_errno, "%s: %s", what, c->dead_msg);
@@ -522,7 +522,7 @@ static int refuse(struct nbd_conn *c, const char *what)
     return 0;
 }
 
-static int check_range(struct nbd_conn *c, const char *what, uint64_t count, uint64_t offset)
+int nbd_conn_check_range(struct nbd_conn *c, const char *what, uint64_t count, uint64_t offset)
 {
     if (count == 0) {
         nbd_set_error(EINVAL, "%s: zero-length request", what);
@@ -539,7 +539,7 @@ static int check_range(struct nbd_conn *c, const char *what, uint64_t count, uin
 
 static int check_aligned(struct nbd_conn *c, const char *what, uint64_t count, uint64_t offset)
 {
-    uint32_t a = alignment(c);
+    uint32_t a = nbd_conn_alignment(c);
 
     if (offset % a || (count % a && offset + count != c->size)) {
         nbd_set_error(EINVAL, "%s 0x%llx+%llu: not aligned to the server's minimum block size %u",
@@ -589,7 +589,8 @@ static struct op *op_new(struct nbd_conn *c, nbd_done_fn done, void *opaque)
     op->opaque = opaque;
     op->context_index = -1;
     op->pending = 1; /* held by the submitter until every piece is queued */
-    c->ops_in_flight++;
+    if (c->ops_in_flight++ == 0)
+        c->wait_since_ms = clock_mono_ms();
     return op;
 }
 
@@ -649,12 +650,12 @@ int nbd_aio_pread(struct nbd_conn *c, void *buf, uint64_t count, uint64_t offset
     uint64_t start, end, pos;
     struct op *op;
 
-    if (refuse(c, "read") < 0 || check_range(c, "read", count, offset) < 0 ||
+    if (nbd_conn_refuse(c, "read") < 0 || nbd_conn_check_range(c, "read", count, offset) < 0 ||
         check_flags(c, "read", NBD_CMD_READ, flags) < 0)
         return -1;
     if (!(op = op_new(c, done, opaque)))
         return -1;
-    a = alignment(c);
+    a = nbd_conn_alignment(c);
     start = offset - offset % a;
     end = offset + count;
     if (end % a)
@@ -697,13 +698,13 @@ int nbd_aio_pwrite(struct nbd_conn *c, const void *buf, uint64_t count, uint64_t
 {
     struct op *op;
 
-    if (refuse(c, "write") < 0)
+    if (nbd_conn_refuse(c, "write") < 0)
         return -1;
     if (c->eflags & NBD_FLAG_READ_ONLY) {
         nbd_set_error(EPERM, "write: the export is read-only");
         return -1;
     }
-    if (check_range(c, "write", count, offset) < 0 || check_aligned(c, "write", count, offset) < 0 ||
+    if (nbd_conn_check_range(c, "write", count, offset) < 0 || check_aligned(c, "write", count, offset) < 0 ||
         check_flags(c, "write", NBD_CMD_WRITE, flags) < 0)
         return -1;
     if (!(op = op_new(c, done, opaque)))
@@ -726,7 +727,7 @@ int nbd_aio_flush(struct nbd_conn *c, uint32_t flags, nbd_done_fn done, void *op
 {
     struct op *op;
 
-    if (refuse(c, "flush") < 0)
+    if (nbd_conn_refuse(c, "flush") < 0)
         return -1;
     if (!nbd_can(c, NBD_FLAG_SEND_FLUSH)) {
         nbd_set_error(ENOTSUP, "flush: the server does not support NBD_CMD_FLUSH");
@@ -744,7 +745,7 @@ static int effect_request(struct nbd_conn *c, uint16_t type, uint16_t need, cons
 {
     struct op *op;
 
-    if (refuse(c, what) < 0)
+    if (nbd_conn_refuse(c, what) < 0)
         return -1;
     if (type != NBD_CMD_CACHE && (c->eflags & NBD_FLAG_READ_ONLY)) {
         nbd_set_error(EPERM, "%s: the export is read-only", what);
@@ -754,10 +755,10 @@ static int effect_request(struct nbd_conn *c, uint16_t type, uint16_t need, cons
         nbd_set_error(ENOTSUP, "%s: the server does not support %s", what, nbd_cmd_name(type));
         return -1;
     }
-    if (check_range(c, what, count, offset) < 0 || check_flags(c, what, type, flags) < 0)
+    if (nbd_conn_check_range(c, what, count, offset) < 0 || check_flags(c, what, type, flags) < 0)
         return -1;
     if (type == NBD_CMD_CACHE) {
-        uint32_t a = alignment(c); /* advisory: round outward */
+        uint32_t a = nbd_conn_alignment(c); /* advisory: round outward */
         uint64_t end = offset + count;
         offset -= offset % a;
         if (end % a)
@@ -808,20 +809,20 @@ int nbd_aio_block_status(struct nbd_conn *c, uint64_t count, uint64_t offset, ui
     int64_t idx = -1;
     uint32_t a;
 
-    if (refuse(c, "block status") < 0)
+    if (nbd_conn_refuse(c, "block status") < 0)
         return -1;
     if (!c->ncontexts) {
         nbd_set_error(ENOTSUP, "block status: no metadata context was negotiated");
         return -1;
     }
-    if (context && (idx = context_index(c, context)) < 0) {
+    if (context && (idx = nbd_conn_context_index(c, context)) < 0) {
         nbd_set_error(ENOTSUP, "block status: the server did not agree to context %s", context);
         return -1;
     }
-    if (check_range(c, "block status", count, offset) < 0 ||
+    if (nbd_conn_check_range(c, "block status", count, offset) < 0 ||
         check_flags(c, "block status", NBD_CMD_BLOCK_STATUS, flags) < 0)
         return -1;
-    a = alignment(c);
+    a = nbd_conn_alignment(c);
     if (!c->extended && count > UINT32_MAX) {
         count = UINT32_MAX - UINT32_MAX % a;
     }
@@ -1263,6 +1264,7 @@ static int receive(struct nbd_conn *c)
             size_t want = c->rx_left > SSIZE_MAX ? SSIZE_MAX : (size_t)c->rx_left;
             got = nbd_sock_recv(c->sock, c->rx_ptr, want);
             if (got > 0) {
+                c->wait_since_ms = clock_mono_ms();
                 c->rx_ptr += got;
                 c->rx_left -= (uint64_t)got;
                 if (c->rx_left == 0 && rx_advance(c) < 0)
@@ -1282,6 +1284,7 @@ static int receive(struct nbd_conn *c)
                                                         : NBD_SIMPLE_REPLY_LEN;
             got = nbd_sock_recv(c->sock, c->ibuf, want);
             if (got > 0) {
+                c->wait_since_ms = clock_mono_ms();
                 c->ilen = (size_t)got;
                 c->ipos = 0;
                 continue;
@@ -1355,7 +1358,7 @@ int nbd_poll(struct nbd_conn *c, int timeout_ms)
     p.fd = nbd_sock_fd(c->sock);
     p.events = nbd_want_events(c);
     p.revents = 0;
-    r = poll(&p, 1, timeout_ms);
+    r = poll(&p, 1, nbd_stall_clamp(c, timeout_ms));
     if (r < 0) {
         if (errno == EINTR)
             return 0;
@@ -1363,204 +1366,6 @@ int nbd_poll(struct nbd_conn *c, int timeout_ms)
         return -1;
     }
     if (r == 0)
-        return 0;
+        return nbd_stall_check(c);
     return nbd_step(c, p.revents);
-}
-
-/* ---- Synchronous API ----------------------------------------------------------- */
-
-struct sync_wait {
-    bool done;
-    int err;
-    char msg[512];
-};
-
-static void sync_done(void *opaque, int err)
-{
-    struct sync_wait *w = opaque;
-
-    w->done = true;
-    w->err = err;
-    if (err)
-        setmsg(w->msg, sizeof w->msg, nbd_get_error());
-}
-
-static int sync_run(struct nbd_conn *c, struct sync_wait *w)
-{
-    while (!w->done)
-        if (nbd_poll(c, -1) < 0 && !w->done)
-            return -1;
-    if (w->err) {
-        nbd_set_error(w->err, "%s", w->msg);
-        return -1;
-    }
-    return 0;
-}
-
-int nbd_pread(struct nbd_conn *c, void *buf, uint64_t count, uint64_t offset, uint32_t flags)
-{
-    struct sync_wait w = { 0 };
-    if (nbd_aio_pread(c, buf, count, offset, flags, sync_done, &w) < 0)
-        return -1;
-    return sync_run(c, &w);
-}
-
-int nbd_pwrite(struct nbd_conn *c, const void *buf, uint64_t count, uint64_t offset, uint32_t flags)
-{
-    struct sync_wait w = { 0 };
-    if (nbd_aio_pwrite(c, buf, count, offset, flags, sync_done, &w) < 0)
-        return -1;
-    return sync_run(c, &w);
-}
-
-int nbd_flush(struct nbd_conn *c, uint32_t flags)
-{
-    struct sync_wait w = { 0 };
-    if (nbd_aio_flush(c, flags, sync_done, &w) < 0)
-        return -1;
-    return sync_run(c, &w);
-}
-
-int nbd_trim(struct nbd_conn *c, uint64_t count, uint64_t offset, uint32_t flags)
-{
-    struct sync_wait w = { 0 };
-    if (nbd_aio_trim(c, count, offset, flags, sync_done, &w) < 0)
-        return -1;
-    return sync_run(c, &w);
-}
-
-int nbd_zero(struct nbd_conn *c, uint64_t count, uint64_t offset, uint32_t flags)
-{
-    struct sync_wait w = { 0 };
-    if (nbd_aio_zero(c, count, offset, flags, sync_done, &w) < 0)
-        return -1;
-    return sync_run(c, &w);
-}
-
-int nbd_cache(struct nbd_conn *c, uint64_t count, uint64_t offset, uint32_t flags)
-{
-    struct sync_wait w = { 0 };
-    if (nbd_aio_cache(c, count, offset, flags, sync_done, &w) < 0)
-        return -1;
-    return sync_run(c, &w);
-}
-
-/* ---- Block status walk --------------------------------------------------------- */
-
-struct extent_vec {
-    struct nbd_extent *e;
-    size_t n, cap;
-};
-
-static int collect_extents(void *opaque, const char *context, uint64_t offset,
-                           const struct nbd_extent *e, size_t n)
-{
-    struct extent_vec *v = opaque;
-
-    if (v->n + n > v->cap) {
-        size_t cap = v->cap ? v->cap : 64;
-        while (cap < v->n + n)
-            cap *= 2;
-        struct nbd_extent *ne = realloc(v->e, cap * sizeof *ne);
-        if (!ne) {
-            nbd_set_error(ENOMEM, "out of memory");
-            return -1;
-        }
-        v->e = ne;
-        v->cap = cap;
-    }
-    memcpy(v->e + v->n, e, n * sizeof *e);
-    v->n += n;
-    return 0;
-}
-
-struct walk_out {
-    nbd_extent_fn fn;
-    void *opaque;
-    const char *context;
-    bool merge;
-    bool have;
-    uint64_t off;
-    struct nbd_extent cur;
-};
-
-static int walk_emit(struct walk_out *o, uint64_t off, uint64_t len, uint64_t flags)
-{
-    if (o->merge && o->have && o->cur.flags == flags && o->off + o->cur.length == off) {
-        o->cur.length += len;
-        return 0;
-    }
-    if (o->have && o->fn(o->opaque, o->context, o->off, &o->cur, 1) < 0)
-        return -1;
-    o->have = true;
-    o->off = off;
-    o->cur.length = len;
-    o->cur.flags = flags;
-    return 0;
-}
-
-int nbd_block_status_walk(struct nbd_conn *c, const char *context, uint64_t offset,
-                          uint64_t length, bool merge, nbd_extent_fn fn, void *opaque)
-{
-    struct extent_vec v = { 0 };
-    struct walk_out o = { .fn = fn, .opaque = opaque, .context = context, .merge = merge };
-    uint32_t a = alignment(c);
-    uint64_t pos = offset, end = offset + length;
-    bool dirty_ctx = strncmp(context, NBD_CONTEXT_QEMU_DIRTY_BITMAP_PREFIX,
-                             strlen(NBD_CONTEXT_QEMU_DIRTY_BITMAP_PREFIX)) == 0;
-    int ret = -1;
-
-    if (refuse(c, "block status") < 0)
-        return -1;
-    if (context_index(c, context) < 0) {
-        nbd_set_error(ENOTSUP, "the server did not agree to metadata context %s", context);
-        return -1;
-    }
-    if (length == 0)
-        return 0;
-    if (check_range(c, "block status", length, offset) < 0)
-        return -1;
-    while (pos < end) {
-        struct sync_wait w = { 0 };
-        v.n = 0;
-        if (nbd_aio_block_status(c, end - pos, pos, 0, context, collect_extents, &v, sync_done,
-                                 &w) < 0 ||
-            sync_run(c, &w) < 0)
-            goto out;
-        if (v.n == 0) {
-            nbd_set_error(EPROTO, "server sent no extents for %s at 0x%llx", context,
-                          (unsigned long long)pos);
-            goto out;
-        }
-        for (size_t i = 0; i < v.n && pos < end; i++) {
-            uint64_t len = v.e[i].length, fl = v.e[i].flags;
-            if (len > end - pos)
-                len = end - pos;
-            if ((pos + len) % a && pos + len != end) {
-                /* An extent ending off the minimum block size: round down;
-                 * a lone sub-block extent becomes one block of the safe
-                 * status (0, or dirty for a bitmap). */
-                uint64_t down = len - (pos + len) % a;
-                if (down == 0) {
-                    len = end - pos < a ? end - pos : a;
-                    fl = dirty_ctx ? NBD_STATE_DIRTY : 0;
-                } else {
-                    len = down;
-                }
-                if (walk_emit(&o, pos, len, fl) < 0)
-                    goto out;
-                pos += len;
-                break; /* the rest is misaligned: ask again */
-            }
-            if (walk_emit(&o, pos, len, fl) < 0)
-                goto out;
-            pos += len;
-        }
-    }
-    if (o.have && fn(opaque, context, o.off, &o.cur, 1) < 0)
-        goto out;
-    ret = 0;
-out:
-    free(v.e);
-    return ret;
 }

@@ -75,6 +75,7 @@ struct nbd_conn {
     uint64_t next_cookie;
     unsigned in_flight;           /* wire requests not yet answered */
     unsigned ops_in_flight;       /* user operations not yet completed */
+    int64_t wait_since_ms;        /* last bytes received, or the first op put in flight */
     unsigned big_reads;           /* reads of BIG_READ bytes or more in flight */
     struct request *sendq_head, *sendq_tail;
     struct request *inflight[NBD_HASH_BUCKETS];
@@ -114,6 +115,16 @@ int nbd_rx_feed(struct nbd_conn *c, const uint8_t *p, size_t len);
  * socket (the fuzzer and unit tests use it). */
 struct nbd_conn *nbd_conn_new_detached(bool structured, bool extended, uint64_t size,
                                        uint16_t eflags, const char *const *contexts);
+/* client.c's checks, shared with sync.c. */
+uint32_t nbd_conn_alignment(const struct nbd_conn *c);
+int nbd_conn_refuse(struct nbd_conn *c, const char *what);
+int64_t nbd_conn_context_index(const struct nbd_conn *c, const char *name);
+int nbd_conn_check_range(struct nbd_conn *c, const char *what, uint64_t count, uint64_t offset);
+
+/* The reply timeout (sync.c): the poll timeout cut to what is left of it,
+ * and the connection killed (ETIMEDOUT) once it has run out. */
+int nbd_stall_clamp(const struct nbd_conn *c, int timeout_ms);
+int nbd_stall_check(struct nbd_conn *c);
 void nbd_conn_kill(struct nbd_conn *c, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

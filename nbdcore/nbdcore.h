@@ -74,7 +74,11 @@ struct nbd_conn_opts {
     bool tls_allow;               /* nbd:// with TLS credentials: try STARTTLS, fall back */
     unsigned max_in_flight;       /* 0 = default (64) */
     int handshake_timeout_ms;     /* 0 = default (30 s); < 0 = none */
+    /* In transmission: a connection that receives nothing for this long
+     * while requests are in flight is killed (ETIMEDOUT), failing them. */
+    int reply_timeout_ms;         /* 0 = default (NBD_REPLY_TIMEOUT_DEFAULT_MS); < 0 = none */
 };
+#define NBD_REPLY_TIMEOUT_DEFAULT_MS (300 * 1000)
 
 /* Connects to uri and, unless opts->opt_mode, completes the handshake. */
 struct nbd_conn *nbd_connect_uri(const char *uri, const struct nbd_conn_opts *opts);

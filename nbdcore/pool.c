@@ -182,13 +182,15 @@ int nbd_pool_poll(struct nbd_pool *p, int extra_fd, int timeout_ms)
         fds[n].revents = 0;
         n++;
     }
+    for (unsigned i = 0; i < p->n; i++)
+        timeout_ms = nbd_stall_clamp(p->c[i], timeout_ms);
     if (poll(fds, n, pending ? 0 : timeout_ms) < 0 && errno != EINTR) {
         nbd_set_error(errno, "poll: %s", strerror(errno));
         return -1;
     }
     for (unsigned i = 0; i < p->n; i++)
-        if (!nbd_is_dead(p->c[i]))
-            nbd_step(p->c[i], fds[i].revents);
+        if (!nbd_is_dead(p->c[i]) && nbd_step(p->c[i], fds[i].revents) == 0 && !fds[i].revents)
+            nbd_stall_check(p->c[i]);
     return extra_fd >= 0 && (fds[p->n].revents & POLLIN) ? 1 : 0;
 }
 

@@ -373,7 +373,7 @@ hostile_trial() {
     for i in $(seq 100); do [ -S "$sock" ] && break; sleep 0.02; done
     uri="nbd+unix:///?socket=$sock"
     case $s in *-tls) uri="nbds+unix://alice@/?socket=$sock&tls-psk-file=$work/h.psk" ;; esac
-    timeout 60 "$NBDVAULT" backup "$uri" --repo "$repo" --disk h > /dev/null 2> "$work/h.err" || rc=$?
+    timeout 60 "$NBDVAULT" backup "$uri" --repo "$repo" --disk h --io-timeout 3 > /dev/null 2> "$work/h.err" || rc=$?
     kill $sp 2>/dev/null
     wait $sp 2>/dev/null
     local np
@@ -397,12 +397,12 @@ row_hostile() {
     printf 'alice:%s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$work/h.psk"
     # --short: the control and a few of each kind; otherwise every scenario.
     local pick='.'
-    [ -z "$SHORT" ] || pick='^(ok|oldstyle-tls|opt-len-huge|size-2p63|info-name-oversize|read-outside|read-wrap@ext|read-unknown-cookie|bs-wrap@ext|bs-zero-length|cut-read-24|cut-bs-12@ext) '
+    [ -z "$SHORT" ] || pick='^(ok|oldstyle-tls|opt-len-huge|size-2p63|info-name-oversize|read-outside|read-wrap@ext|read-unknown-cookie|bs-wrap@ext|bs-zero-length|cut-read-24|cut-bs-12@ext|stall-read|stall-mid-reply@ext) '
     local kind tried held failed_clean s expect
     for kind in handshake transmission; do
         tried=0 held=0
         while read -r s expect _; do
-            case $s in read-*|bs-*|cut-read-*|cut-bs-*|reply-*) [ $kind = transmission ] || continue ;;
+            case $s in read-*|bs-*|stall-*|cut-read-*|cut-bs-*|reply-*) [ $kind = transmission ] || continue ;;
                        *) [ $kind = handshake ] || continue ;; esac
             tried=$((tried + 1))
             hostile_trial "$s" "$expect" && held=$((held + 1))
@@ -410,7 +410,7 @@ row_hostile() {
         if [ $kind = handshake ]; then
             what="a hostile server's handshake (bad greetings, oldstyle or no STARTTLS under nbds://, option replies of 0xffffffff bytes, oversize names, export sizes 2^63 and 2^64-1, unknown flags, cuts every 3 bytes)"
         else
-            what="a hostile server's replies, compact and extended (block status past the request, wrapping 2^64, extent length 0, data outside the request or wrapping, unknown cookies and types, error chunks, cuts inside every reply)"
+            what="a hostile server's replies, compact and extended (block status past the request, wrapping 2^64, extent length 0, data outside the request or wrapping, unknown cookies and types, error chunks, cuts inside every reply, a server that stops answering)"
         fi
         record "$what: a clean error and no point, or every byte right" "$tried" "$held" "scripts/reliability.sh hostile"
     done

@@ -31,6 +31,7 @@ expect_fail 2 "unknown command 'frobnicate'" $NBDVAULT frobnicate
 expect_fail 2 'bad option|unrecognized' $NBDVAULT info --frobnicate 'nbd+unix:///?socket=/x'
 expect_fail 2 'bad option|unrecognized' $NBDVAULT map --frobnicate 'nbd+unix:///?socket=/x'
 expect_fail 2 'requires an argument|bad option' $NBDVAULT map --context
+expect_fail 2 'bad --io-timeout "soon"' $NBDVAULT backup 'nbd+unix:///?socket=/x' --repo "$testdir/r" --disk d --io-timeout soon
 # getopt's own messages name the command as ours do, then the usual hint.
 expect_fail 2 "^nbdvault info: unrecognized option '--frobnicate'\$" $NBDVAULT info --frobnicate
 grep -qx "Try 'nbdvault info --help'." expect.err || fail "no hint after an unrecognized option"

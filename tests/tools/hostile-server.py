@@ -87,6 +87,9 @@ TRANSMISSION = {
     "bs-error": ("fail", "an NBD_EIO error chunk to block status"),
     "bs-unaligned": ("either", "extents of 3 bytes"),
     "bs-huge-count": ("fail", "a block status chunk claiming 2^24 extents"),
+    "stall-read": ("fail", "no reply to reads, the connection kept open (the client's --io-timeout 3)"),
+    "stall-bs": ("fail", "no reply to block status, the connection kept open"),
+    "stall-mid-reply": ("fail", "half of a read's reply, then nothing, the connection kept open"),
 }
 for _k in (0, 1, 8, 19, 20, 24, 27, 28, 29, 100, 4096):
     TRANSMISSION["cut-read-%d" % _k] = ("fail", "the connection closed %d bytes into a read's reply" % _k)
@@ -111,11 +114,14 @@ class Conn:
         self.ext_ok = scenario.endswith("@ext")
         self.ext = self.structured = False
         self.budget = None  # bytes left before a cut
+        self.stalled = False  # send nothing more
         self.reads = self.statuses = 0
         if self.name.startswith("cut-handshake-"):
             self.budget = int(self.name.rsplit("-", 1)[1])
 
     def send(self, b):
+        if self.stalled:
+            return
         if self.budget is not None:
             if len(b) >= self.budget:
                 self.s.sendall(b[: self.budget])
@@ -276,6 +282,12 @@ class Conn:
             self.budget = int(n.rsplit("-", 1)[1])
         if n == "read-error":
             return self.error(cookie, EIO, b"injected read error")
+        if n == "stall-read":
+            return
+        if n == "stall-mid-reply":
+            self.chunk(FLAG_DONE, T_DATA, cookie, struct.pack(">Q", off) + data[:length // 2], length=8 + length)
+            self.stalled = True
+            return
         if n == "read-simple-reply" or not self.structured:
             if n == "read-simple-reply" and not self.structured:
                 return self.error(cookie, EIO, b"no structured replies")
@@ -328,6 +340,8 @@ class Conn:
             self.budget = int(n.rsplit("-", 1)[1])
         if n == "bs-error":
             return self.error(cookie, EIO, b"injected block status error")
+        if n == "stall-bs":
+            return
         ctx = 99 if n == "bs-wrong-context" else CTX_ID
         ext = self.extents(off, length)
         if self.ext:
