@@ -124,6 +124,7 @@ struct pack_writer {
     bool seal;                     /* finish the pack once everything is written */
     bool sealed_ok;                /* ... and it was: durable under its final name */
     int io_err;                    /* first write error */
+    char io_msg[512];              /* ... and what the store said of it */
 
     struct pack_entry *entries;
     size_t count, cap;
@@ -132,8 +133,17 @@ struct pack_writer {
 static int writer_fail(struct pack_writer *w, int err)
 {
     w->failed = err;
-    error_set(err, "write pack %s: %s", w->name, strerror(err));
+    error_set(err, "write pack %s: %s", w->name, w->io_msg[0] ? w->io_msg : strerror(err));
     return -1;
+}
+
+/* The I/O thread's first failure (under mu), with the store's message. */
+static void io_failed(struct pack_writer *w, int err, const char *msg)
+{
+    if (!err || w->io_err)
+        return;
+    w->io_err = err;
+    snprintf(w->io_msg, sizeof w->io_msg, "%s", msg);
 }
 
 /* Writes one job (the I/O thread, without mu): 0, or -1 with errno. */
@@ -158,12 +168,14 @@ static void *io_main(void *opaque)
             pthread_cond_wait(&w->cv, &w->mu);
         if (!w->njobs && w->seal) {
             int err = w->io_err;
+            char msg[sizeof w->io_msg] = "";
             pthread_mutex_unlock(&w->mu);
-            if (!err && finish_file(w) < 0)
+            if (!err && finish_file(w) < 0) {
                 err = errno;
+                snprintf(msg, sizeof msg, "%s", error_msg());
+            }
             pthread_mutex_lock(&w->mu);
-            if (err && !w->io_err)
-                w->io_err = err;
+            io_failed(w, err, msg);
             w->sealed_ok = !err;
             break;
         }
@@ -172,12 +184,14 @@ static void *io_main(void *opaque)
         struct wjob j = w->jobs[0];
         w->busy = true;
         int err = w->io_err;
+        char msg[sizeof w->io_msg] = "";
         pthread_mutex_unlock(&w->mu);
-        if (!err && write_job(w, &j) < 0)
+        if (!err && write_job(w, &j) < 0) {
             err = errno;
+            snprintf(msg, sizeof msg, "%s", error_msg());
+        }
         pthread_mutex_lock(&w->mu);
-        if (err && !w->io_err)
-            w->io_err = err;
+        io_failed(w, err, msg);
         memmove(&w->jobs[0], &w->jobs[1], --w->njobs * sizeof w->jobs[0]);
         w->busy = false;
         w->spare[w->nspare++] = j.buf;
