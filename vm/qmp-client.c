@@ -254,6 +254,13 @@ static struct json_object *take_queued(struct qmp *q, const char *name, const ch
     return NULL;
 }
 
+void qmp_drop_events(struct qmp *q, const char *name, const char *key, const char *value)
+{
+    struct json_object *d;
+    while ((d = take_queued(q, name, key, value)))
+        json_object_put(d);
+}
+
 struct json_object *qmp_wait_event(struct qmp *q, const char *name, const char *key,
                                    const char *value, int timeout_ms)
 {

@@ -29,6 +29,11 @@ int qmp_run(struct qmp *q, const char *cmd, struct json_object *args);
 struct json_object *qmp_wait_event(struct qmp *q, const char *name, const char *key,
                                    const char *value, int timeout_ms);
 
+/* Drops the queued events that qmp_wait_event(name, key, value) would
+ * take: before a command whose event is awaited, so that one of an earlier
+ * job of the same id is not taken for its. */
+void qmp_drop_events(struct qmp *q, const char *name, const char *key, const char *value);
+
 /* A json-c object from "k1", v1, "k2", v2, ..., NULL (values taken over). */
 struct json_object *qmp_args(const char *key, ...);
 /* obj[key] as a string, or NULL. */

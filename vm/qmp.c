@@ -28,6 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "vm/internal.h"
 #include "vm/qmp-client.h"
@@ -44,8 +45,8 @@ struct qmp_vm {
 struct qmp_job_disk {
     size_t disk;
     const char *base;             /* NULL: full */
-    char fleece_file[64], fleece[64], job[64], export_id[64], cbw[80];
-    bool file_added, fleece_added, export_bitmap, checkpoint, job_started, exported;
+    char fleece_file[64], fleece[64], job[64], export_id[64], cbw[80], create[80];
+    bool file_added, creating, fleece_added, export_bitmap, checkpoint, job_started, exported;
 };
 
 struct qmp_job {
@@ -236,6 +237,40 @@ static int bitmap_remove(struct vm *v, const char *node, const char *name)
 
 /* ---- Fleecing overlays ------------------------------------------------------ */
 
+/* The status of job id ("" when QEMU has no such job). */
+static void job_status(struct vm *v, const char *id, char *st, size_t n)
+{
+    struct json_object *r = qmp_exec(Q(v), "query-jobs", NULL);
+    snprintf(st, n, "%s", "");
+    for (size_t i = 0; r && i < json_object_array_length(r); i++) {
+        struct json_object *j = json_object_array_get_idx(r, i);
+        if (qmp_str(j, "id") && !strcmp(qmp_str(j, "id"), id))
+            snprintf(st, n, "%s", qmp_str(j, "status") ? qmp_str(j, "status") : "");
+    }
+    json_object_put(r);
+}
+
+/* Ends job id whatever its state: cancelled when it still runs, waited for
+ * (bounded), dismissed.  0 when QEMU dismissed it or has no such job. */
+static int job_reap(struct vm *v, const char *id)
+{
+    struct qmp_vm *p = v->priv;
+    char st[32];
+    job_status(v, id, st, sizeof st);
+    if (!st[0])
+        return 0;
+    if (strcmp(st, "concluded") && strcmp(st, "null"))
+        qmp_run(p->q, "job-cancel", qmp_args("id", jstr(id), NULL));
+    for (int64_t t0 = clock_mono_ms(); st[0] && strcmp(st, "concluded") && strcmp(st, "null") &&
+                                    clock_mono_ms() - t0 < p->timeout_ms;) {
+        usleep(20000);
+        job_status(v, id, st, sizeof st);
+    }
+    int r = qmp_run(p->q, "job-dismiss", qmp_args("id", jstr(id), NULL));
+    qmp_drop_events(p->q, "JOB_STATUS_CHANGE", "id", id);
+    return r;
+}
+
 /* Waits for job id to conclude (JOB_STATUS_CHANGE), then checks its
  * outcome and dismisses it. */
 static int wait_job(struct vm *v, const char *id)
@@ -270,7 +305,7 @@ static int wait_job(struct vm *v, const char *id)
 static int add_overlay(struct vm *v, struct qmp_job *j, struct qmp_job_disk *d)
 {
     const struct vm_disk *disk = &v->disks[d->disk];
-    char path[1200], create[80];
+    char path[1200];
     snprintf(path, sizeof path, "%s/fleece-%s.qcow2", j->dir, disk->name);
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -283,12 +318,18 @@ static int add_overlay(struct vm *v, struct qmp_job *j, struct qmp_job_disk *d)
                          "filename", jstr(path), NULL)) < 0)
         return -1;
     d->file_added = true;
-    snprintf(create, sizeof create, OURS "create-%s", disk->name);
+    snprintf(d->create, sizeof d->create, OURS "create-%s", disk->name);
     struct json_object *opts = qmp_args("driver", jstr("qcow2"), "file", jstr(d->fleece_file),
                                         "size", json_object_new_int64((int64_t)disk->size), NULL);
-    if (qmp_run(Q(v), "blockdev-create", qmp_args("job-id", jstr(create), "options", opts, NULL)) < 0 ||
-        wait_job(v, create) < 0)
+    /* An event of an earlier job of this id (one reaped at cleanup) is not
+     * this one's. */
+    qmp_drop_events(Q(v), "JOB_STATUS_CHANGE", "id", d->create);
+    if (qmp_run(Q(v), "blockdev-create", qmp_args("job-id", jstr(d->create), "options", opts, NULL)) < 0)
         return -1;
+    d->creating = true;
+    if (wait_job(v, d->create) < 0)
+        return -1;
+    d->creating = false;
     if (qmp_run(Q(v), "blockdev-add",
                 qmp_args("driver", jstr("qcow2"), "node-name", jstr(d->fleece),
                          "file", jstr(d->fleece_file), "backing", jstr(disk->name), NULL)) < 0)
@@ -425,13 +466,15 @@ static int teardown(struct vm *v, struct qmp_job *j)
         const char *node = v->disks[d->disk].name;
         if (d->job_started)
             step(cancel_job(v, d->job), &first, &failed);
+        if (d->creating)
+            step(job_reap(v, d->create), &first, &failed);
         if (d->fleece_added)
             step(qmp_run(Q(v), "blockdev-del", qmp_args("node-name", jstr(d->fleece), NULL)), &first, &failed);
         if (d->file_added)
             step(qmp_run(Q(v), "blockdev-del", qmp_args("node-name", jstr(d->fleece_file), NULL)), &first, &failed);
         if (d->export_bitmap)
             step(bitmap_remove(v, node, EXPORT_BITMAP), &first, &failed);
-        d->job_started = d->fleece_added = d->file_added = d->export_bitmap = false;
+        d->job_started = d->creating = d->fleece_added = d->file_added = d->export_bitmap = false;
     }
     if (j->dir[0]) {
         vm_job_dir_remove(v, j->dir);
@@ -540,6 +583,22 @@ static bool kept(const char *name, const char *const *keep, size_t nkeep)
     return false;
 }
 
+/* Jobs of ours that block-job-cancel does not reach (blockdev-create): a
+ * run killed while one ran leaves it running or concluded and never
+ * dismissed, and its id would refuse every later run's. */
+static void cleanup_other_jobs(struct vm *v, int *count)
+{
+    struct json_object *r = qmp_exec(Q(v), "query-jobs", NULL);
+    for (size_t i = 0; r && i < json_object_array_length(r); i++) {
+        const char *id = qmp_str(json_object_array_get_idx(r, i), "id");
+        if (ours(id) && job_reap(v, id) == 0) {
+            vm_log(v, VM_LOG_INFO, "%s: dismissed job %s, left by an earlier run", v->name, id);
+            (*count)++;
+        }
+    }
+    json_object_put(r);
+}
+
 /* Exports, the NBD server, block jobs and overlays of ours. */
 static int cleanup_jobs(struct vm *v, int *count)
 {
@@ -573,6 +632,7 @@ static int cleanup_jobs(struct vm *v, int *count)
         }
         json_object_put(r);
     }
+    cleanup_other_jobs(v, count);
     if (!(r = qmp_exec(Q(v), "query-named-block-nodes", NULL)))
         return -1;
     /* Overlays before the files under them. */

@@ -5,7 +5,8 @@
 # every point of every disk restores bit-identically (each disk alone, and
 # the VM's disks together with restore --vm).  Then the failure cases, each
 # followed by a backup proven correct: nbdvault killed mid-read (the next
-# incremental still has everything, the leftovers are gone), the checkpoint
+# incremental still has everything, the leftovers are gone), a leftover
+# blockdev-create job, the checkpoint
 # removed by hand, the disk resized, QEMU killed mid-backup (clear error, no
 # point), and QEMU killed and restarted (its persistent bitmap inconsistent:
 # a full backup, the reason said).
@@ -141,6 +142,29 @@ for i in 0 1; do
     [ "$(jarr b5.json $i kind)" = incremental ] || fail "after a kill, disk $i's backup is not incremental"
 done
 grep -q "earlier run" b5.err || fail "the leftovers of the killed run were not reported"
+no_leftovers
+check_all
+
+# Failure: a run killed while its fleecing overlay was being created
+# leaves the blockdev-create job concluded and never dismissed (its id
+# would refuse every later run's) and the overlay's file node.  The next
+# run reaps the job, removes the node and is incremental; the dismissal's
+# own event is not taken for its new create job's end.
+: > left.qcow2
+qmp blockdev-add "{\"driver\": \"file\", \"node-name\": \"nbdvault-fleece-file-disk0\",
+    \"filename\": \"$testdir/left.qcow2\"}" >/dev/null || fail "blockdev-add of the leftover"
+qmp blockdev-create '{"job-id": "nbdvault-create-disk0", "options": {"driver": "qcow2",
+    "file": "nbdvault-fleece-file-disk0", "size": 1048576}}' >/dev/null || fail "blockdev-create"
+for i in $(seq 100); do qmp query-jobs | grep -q concluded && break; sleep 0.1; done
+qmp query-jobs | grep -q '"nbdvault-create-disk0"' || fail "no leftover job to reap"
+guest_write 0 "write -P 0x43 $((5 * M)) 64k"
+backup_vm b5c.json 2> b5c.err
+cat b5c.err
+grep -q "dismissed job nbdvault-create-disk0" b5c.err || fail "the leftover job was not reported"
+for i in 0 1; do
+    [ "$(jarr b5c.json $i kind)" = incremental ] || fail "after a leftover create job, disk $i is not incremental"
+done
+[ "$(qmp query-jobs)" = "[]" ] || fail "a job is left: $(qmp query-jobs)"
 no_leftovers
 check_all
 
