@@ -718,18 +718,44 @@ abuse_libnbd() {
 
 # ---- A running VM's backup killed ------------------------------------------------------
 
-# A bare TCG QEMU, stopped (-S: no guest OS needed), two qcow2 disks as
-# nodes disk0 and disk1 on virtio-blk devices vblk0 and vblk1; monitor
-# vm.sock for nbdvault, vm2.sock for the row.  The guest's writes go
-# through each device (HMP qemu-io) and into a raw reference copy.
+# The VM of the row, two qcow2 disks, no guest OS needed: a bare TCG QEMU
+# stopped (-S), disks as nodes disk0 and disk1 on virtio-blk devices vblk0
+# and vblk1, monitor vm.sock for nbdvault and vm2.sock for the row (kind
+# qmp); or a transient libvirt domain (kind libvirt, the devices
+# virtio-disk0 and 1).  The guest's writes go through each device (HMP
+# qemu-io) and into a raw reference copy.
 QMP_PY=$TOOLS/../integration/qmp.py
-vm_start() {
+vm_images() {
     local i
     for i in 0 1; do
         qemu-img create -q -f qcow2 "$work/vm$i.qcow2" $((16 * M))
         qemu-io -f qcow2 -c "write -P 0x5$i 0 $((3 * M))" "$work/vm$i.qcow2" > /dev/null
         qemu-img convert -O raw "$work/vm$i.qcow2" "$work/vmref$i.raw"
+        chmod 0666 "$work/vm$i.qcow2"
     done
+}
+
+vm_start() {
+    vm_images
+    if [ "$vk_kind" = libvirt ]; then
+        vk_dom=nbdvault-rel-$$
+        vk_disk=("$vk_dom/vda" "$vk_dom/vdb")
+        vk_src=(--libvirt "$vk_dom")
+        chmod 0711 "$work"
+        cat > "$work/vm.xml" <<XML
+<domain type='qemu'><name>$vk_dom</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$work/vm0.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$work/vm1.qcow2'/><target dev='vdb' bus='virtio'/></disk>
+  </devices></domain>
+XML
+        virsh -q create "$work/vm.xml" > /dev/null || return 1
+        vk_stops+=("virsh -q destroy $vk_dom")
+        return 0
+    fi
+    vk_disk=(relvm/disk0 relvm/disk1)
+    vk_src=(--qmp "$work/vm.sock")
     rm -f "$work/vm.sock" "$work/vm2.sock"
     qemu-system-x86_64 -S -machine pc -accel tcg -nodefaults -display none -name relvm \
         -uuid 4d6f0c2e-7a11-4c1b-9e55-0b3a5f7c2e01 \
@@ -740,26 +766,52 @@ vm_start() {
         -device "virtio-blk-pci,drive=disk1,id=vblk1" \
         -daemonize -pidfile "$work/vm.pid" || return 1
     pids+=("$(cat "$work/vm.pid")")
+    vk_stops+=("/usr/bin/python3 '$QMP_PY' '$work/vm2.sock' quit")
+}
+
+# vm_hmp N CMD: a guest write CMD (qemu-io) to disk N.
+vm_hmp() {
+    local out
+    if [ "$vk_kind" = libvirt ]; then
+        out=$(virsh -q qemu-monitor-command "$vk_dom" --hmp \
+            "qemu-io -d /machine/peripheral/virtio-disk$1/virtio-backend \"$2\"" 2>&1) || return 1
+        case $out in *rror*|*ailed*) return 1 ;; esac
+    else
+        /usr/bin/python3 "$QMP_PY" "$work/vm2.sock" hmp \
+            "qemu-io -d /machine/peripheral/vblk$1/virtio-backend \"$2\"" > /dev/null
+    fi
 }
 
 # vm_writes: a few random 64 KiB guest writes to each disk, mirrored.
 vm_writes() {
-    local i j off cmd
+    local i j cmd
     for i in 0 1; do
         for j in 1 2 3; do
-            off=$(( (RANDOM % 256) * 65536 ))
-            cmd="write -P $((RANDOM % 250 + 1)) $off 64k"
-            /usr/bin/python3 "$QMP_PY" "$work/vm2.sock" hmp \
-                "qemu-io -d /machine/peripheral/vblk$i/virtio-backend \"$cmd\"" > /dev/null || return 1
+            cmd="write -P $((RANDOM % 250 + 1)) $(( (RANDOM % 256) * 65536 )) 64k"
+            vm_hmp $i "$cmd" || return 1
             qemu-io -f raw -c "$cmd" "$work/vmref$i.raw" > /dev/null || return 1
         done
     done
 }
 
-# vm_clean: no job, export, fleecing node or job directory of nbdvault's
-# in QEMU, and one checkpoint bitmap per disk.
+# vm_clean: nothing of nbdvault's left in the hypervisor (jobs, exports,
+# fleecing nodes, job directories) and one checkpoint per disk.  Prints
+# what is left.
 vm_clean() {
-    /usr/bin/python3 - "$work/vm2.sock" "$QMP_PY" <<'PY'
+    ! compgen -G "$work/vmjobs/nbdvault-job-*" > /dev/null || { echo "a job directory is left"; return 1; }
+    if [ "$vk_kind" = libvirt ]; then
+        local cks i info
+        cks=$(virsh -q checkpoint-list "$vk_dom" --name)
+        [ "$(echo "$cks" | grep -c '^nbdvault-')" = 1 ] || { echo "checkpoints left: $cks"; return 1; }
+        for i in $(seq 50); do
+            info=$(virsh domjobinfo "$vk_dom")
+            echo "$info" | grep -q "Job type: *None" && return 0
+            sleep 0.1
+        done
+        echo "a job is left: $info"
+        return 1
+    fi
+    /usr/bin/python3 - "$work/vm2.sock" "$QMP_PY" <<'PY' 2>&1 | tail -1
 import json, subprocess, sys
 def q(cmd):
     return json.loads(subprocess.check_output(["/usr/bin/python3", sys.argv[2], sys.argv[1], cmd]))
@@ -769,42 +821,44 @@ for n in nodes:
     if n["node-name"] in ("disk0", "disk1"):
         bms = [b["name"] for b in n.get("dirty-bitmaps", [])]
         assert len(bms) == 1 and bms[0].startswith("nbdvault-"), "bitmaps of %s: %s" % (n["node-name"], bms)
-assert q("query-block-jobs") == [], "a block job is left"
+assert q("query-jobs") == [], "a job is left"
 assert q("query-block-exports") == [], "an export is left"
 PY
-    ! compgen -G "$work/vmjobs/nbdvault-job-*" > /dev/null || { echo "a job directory is left"; return 1; }
+    return "${PIPESTATUS[0]}"
+}
+
+vm_backup() {
+    "$NBDVAULT" backup "${vk_src[@]}" --repo "$work/repo-vm" --work-dir "$work/vmjobs" "$@"
+}
+
+vm_newest() {
+    "$NBDVAULT" list --repo "$work/repo-vm" --disk "${vk_disk[$1]}" --json |
+        python3 -c 'import json,sys; l=json.load(sys.stdin); print(l[-1]["point"] if l else 0)'
 }
 
 # vm_point_ok DISK POINT REF: the point restores as REF.
 vm_point_ok() {
-    "$NBDVAULT" restore --repo "$work/repo-vm" --disk "relvm/disk$1" --point "$2" --output "$work/vm-r.raw" \
+    "$NBDVAULT" restore --repo "$work/repo-vm" --disk "${vk_disk[$1]}" --point "$2" --output "$work/vm-r.raw" \
         > /dev/null 2>&1 && cmp -s "$work/vm-r.raw" "$3"
     local rc=$?
     rm -f "$work/vm-r.raw"
     return $rc
 }
 
-# vm_backup [ARGS...]: backup --qmp of both disks, its JSON on stdout.
-vm_backup() {
-    "$NBDVAULT" backup --qmp "$work/vm.sock" --repo "$work/repo-vm" --work-dir "$work/vmjobs" --json "$@"
-}
-
-vm_newest() {
-    "$NBDVAULT" list --repo "$work/repo-vm" --disk "relvm/disk$1" --json |
-        python3 -c 'import json,sys; l=json.load(sys.stdin); print(l[-1]["point"] if l else 0)'
-}
-
 # One trial: guest writes, a backup killed after a random delay within a
-# normal backup's duration (QMP setup, reads, commit, checkpoint rotation),
-# more guest writes, then a backup to its end.  Holds when the killed run
-# left no point or a whole one, the next backup is incremental for both
-# disks (no checkpoint lost), holds every write, and nothing is left over.
+# normal backup's duration (hypervisor setup, reads, commit, checkpoint
+# rotation), more guest writes, then a backup to its end.  Holds when the
+# killed run left no point or a whole one, the next backup is incremental
+# for both disks (no checkpoint lost) and holds every write, and nothing is
+# left over.
 vm_trial() {
-    local i=$1 ms=$2 d p why= before0 before1
+    local i=$1 ms=$2 d p why before=()
     vm_writes || { echo "guest writes failed"; return 1; }
-    for d in 0 1; do cp --sparse=always "$work/vmref$d.raw" "$work/vmkill$d.raw"; done
-    before0=$(vm_newest 0) before1=$(vm_newest 1)
-    "$NBDVAULT" backup --qmp "$work/vm.sock" --repo "$work/repo-vm" --work-dir "$work/vmjobs" > /dev/null 2>&1 &
+    for d in 0 1; do
+        cp --sparse=always "$work/vmref$d.raw" "$work/vmkill$d.raw"
+        before[$d]=$(vm_newest $d)
+    done
+    "$NBDVAULT" backup "${vk_src[@]}" --repo "$work/repo-vm" --work-dir "$work/vmjobs" > /dev/null 2>&1 &
     local bk=$!
     sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
     kill -9 $bk 2>/dev/null
@@ -812,12 +866,13 @@ vm_trial() {
     # A point the killed run committed holds the disk as it was when it began.
     for d in 0 1; do
         p=$(vm_newest $d)
-        [ "$p" = "$(eval echo "\$before$d")" ] && continue
+        [ "$p" = "${before[$d]}" ] && continue
         echo "$i disk$d" >> "$work/vm-done"
-        vm_point_ok $d "$p" "$work/vmkill$d.raw" || { echo "the killed run's point $p of disk$d does not restore"; return 1; }
+        vm_point_ok $d "$p" "$work/vmkill$d.raw" || { echo "the killed run's point $p of ${vk_disk[$d]} does not restore"; return 1; }
     done
     vm_writes || { echo "guest writes failed"; return 1; }
-    vm_backup > "$work/vm-b.json" 2> "$work/vm-b.err" || { echo "the next backup failed: $(head -c 1200 "$work/vm-b.err")"; return 1; }
+    vm_backup --json > "$work/vm-b.json" 2> "$work/vm-b.err" ||
+        { echo "the next backup failed: $(head -c 1200 "$work/vm-b.err")"; return 1; }
     why=$(python3 - "$work/vm-b.json" <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1])):
@@ -827,38 +882,52 @@ PY
 )
     [ -z "$why" ] || { echo "$why"; return 1; }
     for d in 0 1; do
-        vm_point_ok $d "$(vm_newest $d)" "$work/vmref$d.raw" || { echo "the next point of disk$d misses writes"; return 1; }
+        vm_point_ok $d "$(vm_newest $d)" "$work/vmref$d.raw" || { echo "the next point of ${vk_disk[$d]} misses writes"; return 1; }
     done
-    vm_clean 2>&1 | tail -1 | grep . && return 1
-    return 0
+    vm_clean
 }
 
+# row_vm_kill KIND: qmp (a bare QEMU) or libvirt (libvirtd, through
+# scripts/libvirtd-test.sh: the suite's, or one of the row's own).
 row_vm_kill() {
-    command -v qemu-system-x86_64 > /dev/null || { echo "reliability: no qemu-system-x86_64" >&2; failed=1; return; }
-    local tried=0 held=0 i why t0 t1 span
-    mkdir -p "$work/vmjobs"
-    vm_start || { note "vm kill" "QEMU did not start"; record "a running VM's backup killed" 1 0 "scripts/reliability.sh vm-kill"; return; }
-    "$NBDVAULT" init --repo "$work/repo-vm" > /dev/null
-    vm_backup > /dev/null 2>> "$work/vm.log" || { note "vm kill" "the first backup failed"; return; }
-    # The span of the kills: a whole incremental of this VM, plus a fifth.
-    vm_writes
-    t0=$(date +%s%N)
-    vm_backup > /dev/null 2>> "$work/vm.log" || { note "vm kill" "an incremental failed"; return; }
-    t1=$(date +%s%N)
-    span=$(( (t1 - t0) / 1000000 * 6 / 5 + 1 ))
-    for d in 0 1; do cp --sparse=always "$work/vmref$d.raw" "$work/vmkill$d.raw"; done
-    for i in $(seq "$(n 50 3)"); do
-        tried=$((tried + 1))
-        if why=$(vm_trial "$i" $(( (RANDOM * 32768 + RANDOM) % span ))); then
-            held=$((held + 1))
-        else
-            note "vm kill #$i" "$why"
-        fi
-    done
-    /usr/bin/python3 "$QMP_PY" "$work/vm2.sock" quit > /dev/null 2>&1
+    vk_kind=$1
+    local tried=0 held=0 i d why t0 t1 span what
+    vk_stops=()
+    rm -rf "$work/vmjobs" "$work/repo-vm" "$work/vm-done"
+    mkdir -m 0711 -p "$work/vmjobs"
+    case $vk_kind in
+        qmp) what="QMP, a bare QEMU" ;;
+        libvirt) what="libvirt"
+            "$TOOLS/../../scripts/libvirtd-test.sh" start --holder $$ > "$work/libvirtd.log" 2>&1 ||
+                { note "vm kill libvirt" "libvirtd did not start: $(tail -c 300 "$work/libvirtd.log")"
+                  record "a running VM's backup killed (libvirt)" 1 0 "scripts/reliability.sh vm-kill"; return; }
+            vk_stops+=("'$TOOLS/../../scripts/libvirtd-test.sh' stop --holder $$") ;;
+    esac
+    if ! vm_start; then
+        note "vm kill $vk_kind" "the VM did not start"
+    elif ! "$NBDVAULT" init --repo "$work/repo-vm" > /dev/null || ! vm_backup > /dev/null 2>> "$work/vm.log"; then
+        note "vm kill $vk_kind" "the first backup failed: $(tail -c 300 "$work/vm.log")"
+    else
+        # The span of the kills: a whole incremental of this VM, plus a fifth.
+        vm_writes
+        t0=$(date +%s%N)
+        vm_backup > /dev/null 2>> "$work/vm.log" || note "vm kill $vk_kind" "an incremental failed"
+        t1=$(date +%s%N)
+        span=$(( (t1 - t0) / 1000000 * 6 / 5 + 1 ))
+        for i in $(seq "$(n 50 3)"); do
+            tried=$((tried + 1))
+            if why=$(vm_trial "$i" $(( (RANDOM * 32768 + RANDOM) % span ))); then
+                held=$((held + 1))
+            else
+                note "vm kill $vk_kind #$i" "$why"
+            fi
+        done
+    fi
+    for i in $(seq $((${#vk_stops[@]} - 1)) -1 0); do bash -c "${vk_stops[$i]}" > /dev/null 2>&1; done
+    [ "$tried" -gt 0 ] || tried=1
     local done=0
     [ -e "$work/vm-done" ] && done=$(cut -d' ' -f1 "$work/vm-done" | sort -u | wc -l)
-    record "kill -9 of nbdvault at a random moment of a running VM's backup (QMP, two disks, guest writes between; kills spread over ${span} ms, one backup's span): the next backup is incremental (no checkpoint lost) and holds every write, a point of the killed run is whole, nothing left in QEMU ($done committed before the kill)" \
+    record "kill -9 of nbdvault at a random moment of a running VM's backup ($what, two disks, guest writes between; kills spread over ${span:-0} ms, one backup's span): the next backup is incremental (no checkpoint lost) and holds every write, a point of the killed run is whole, nothing of ours left in the hypervisor ($done committed before the kill)" \
         "$tried" "$held" "scripts/reliability.sh vm-kill"
 }
 
@@ -985,7 +1054,7 @@ for r in "${ROWS[@]}"; do
         full) row_full ;;
         valgrind) row_valgrind ;;
         abuse) row_abuse ;;
-        vm-kill) row_vm_kill ;;
+        vm-kill) row_vm_kill qmp; row_vm_kill libvirt ;;
         s3) row_s3 ;;
         *) echo "reliability: unknown row $r (errors, damage, server-kill, kill, pairs, same-disk, hostile, tls, full, valgrind, abuse, vm-kill, s3)" >&2; exit 2 ;;
     esac

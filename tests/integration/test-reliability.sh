@@ -1,5 +1,6 @@
 #!/bin/bash
 # requires: rgw
+# requires: libvirtd
 # The short version of the reliability matrix (scripts/reliability.sh
 # --short; make reliability runs the long one into docs/RELIABILITY.md):
 # nbdkit's error filter at 1%, 10% and 50% on pread and extents; flipped,
