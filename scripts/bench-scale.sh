@@ -10,6 +10,10 @@
 #     status plan, the full backup and its rate against the 4 GiB disk's,
 #     the peak RSS of backup, restore (to an NBD export that discards) and
 #     serve (nbdcopy of the served point);
+#   - the same 1 TiB of data copied into a qcow2 behind qemu-nbd: the plan
+#     where the server answers block status fast, and NIGHTS (30) nightly
+#     incrementals of 32 MiB of new random data each: the catalog against
+#     the repository;
 #   - the full backup of the 4 GiB reference disk pinned to 1 CPU and to 2.
 # Writes its section into docs/BENCHMARKS.md.
 #
@@ -20,6 +24,7 @@ NBDVAULT=${NBDVAULT:-$(pwd)/nbdvault}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/nbdvault-bench}
 OUT_MD=${BENCH_OUT:-docs/BENCHMARKS.md}
 CHAIN=${BENCH_CHAIN:-300}
+NIGHTS=${BENCH_NIGHTS:-30}
 GiB=$((1024 * 1024 * 1024))
 MiB=$((1024 * 1024))
 PY=/usr/bin/python3
@@ -122,6 +127,54 @@ tib_cat=$(( $(stat -c %s "$work/tib-repo/catalog.db") + $(stat -c %s "$work/tib-
 tib_repo=$(du -sb "$work/tib-repo" | cut -f1)
 rm -rf "$work/tib-repo"
 
+# The same data as a qcow2 behind qemu-nbd, whose block status is fast
+# (qcow2's tables, where sparse-random computes its extents): the plan is
+# nbdvault's own time.  Then NIGHTS nights of 32 new 1 MiB writes of random
+# bytes each (the bitmap cleared after each backup): the catalog of the
+# nightly points against the repository.
+log "bench-scale: 1 TiB qcow2, $NIGHTS nights"
+timg=$work/tib.qcow2
+qemu-img create -q -f qcow2 "$timg" 1T
+qemu-nbd --fork --pid-file="$work/tq.pid" -k "$work/tq.sock" -t -f qcow2 "$timg"
+nbdcopy --destination-is-zero "$tib" "nbd+unix:///?socket=$work/tq.sock"
+kill "$(cat "$work/tq.pid")"
+while kill -0 "$(cat "$work/tq.pid")" 2>/dev/null; do sleep 0.05; done
+kill "$(cat "$work/tib.pid")"
+qemu-img bitmap --add "$timg" b0
+tq="nbd+unix:///?socket=$work/tq.sock"
+tib_night() {   # tib_night N: back up (full for night 0), clear the bitmap, write
+    qemu-nbd --fork --pid-file="$work/tq.pid" -k "$work/tq.sock" -t -r -f qcow2 --shared=8 -B b0 "$timg"
+    if [ "$1" = 0 ]; then
+        t_tibq_map=$(secs nbdinfo --map "$tq")
+        "$NBDVAULT" backup "$tq" --repo "$work/tibq-repo" --disk t --json > "$work/tibq.json"
+    else
+        "$NBDVAULT" backup "$tq" --repo "$work/tibq-repo" --disk t --bitmap b0 > /dev/null
+    fi
+    kill "$(cat "$work/tq.pid")"
+    while kill -0 "$(cat "$work/tq.pid")" 2>/dev/null; do sleep 0.01; done
+    qemu-img bitmap --clear "$timg" b0
+    $PY - "$timg" "$1" "$work" <<'PY'
+import os, random, subprocess, sys
+random.seed(1000 + int(sys.argv[2]))
+cmds, files = [], []
+for k, c in enumerate(random.sample(range(1 << 20), 32)):   # 1 MiB cells of 1 TiB
+    f = os.path.join(sys.argv[3], "w%d.bin" % k)
+    with open(f, "wb") as o:
+        o.write(os.urandom(1 << 20))
+    files.append(f)
+    cmds += ["-c", "write -s %s %d 1M" % (f, c << 20)]
+subprocess.run(["qemu-io", "-f", "qcow2"] + cmds + [sys.argv[1]], check=True, stdout=subprocess.DEVNULL)
+for f in files:
+    os.remove(f)
+PY
+}
+for n in $(seq 0 "$NIGHTS"); do tib_night "$n"; done
+t_tibq_plan=$(jget "$work/tibq.json" plan_seconds)
+tibq_cat=$(( $(stat -c %s "$work/tibq-repo/catalog.db") + $(stat -c %s "$work/tibq-repo/catalog.db-wal" 2>/dev/null || echo 0) ))
+tibq_repo=$(du -sb "$work/tibq-repo" | cut -f1)
+tibq_points=$("$NBDVAULT" list --repo "$work/tibq-repo" --json | $PY -c 'import json,sys; print(len(json.load(sys.stdin)))')
+rm -rf "$work/tibq-repo" "$timg"
+
 # ---- 1 CPU and 2 -------------------------------------------------------------------
 
 log "bench-scale: 1 CPU and 2"
@@ -164,6 +217,10 @@ row() { printf '| %s | %s | %s | %s |\n' "$@"; }
         "<= 64: $(ok "$rss_tib_backup <= 64 && $rss_tib_restore <= 64 && $rss_tib_serve <= 64")"
     row "1 TiB: catalog / repository, one point (bytes)" "$tib_cat / $tib_repo" \
         "$(echo "scale=2; 100 * $tib_cat / $tib_repo" | bc -l)%" ""
+    row "1 TiB, the same data in a qcow2 behind qemu-nbd: plan (s)" "$t_tibq_plan" "nbdinfo --map of it: $t_tibq_map" \
+        "< 2 s: $(ok "$t_tibq_plan < 2")"
+    row "1 TiB qcow2: catalog / repository, $tibq_points nightly points (bytes)" "$tibq_cat / $tibq_repo" \
+        "$(echo "scale=2; 100 * $tibq_cat / $tibq_repo" | bc -l)%" "< 1%: $(ok "$tibq_cat * 100 < $tibq_repo")"
     row "4 GiB full backup, 1 CPU / 2 CPUs (s)" "$t_cpu1 / $t_cpu2" "$(ratio "$t_cpu1" "$t_cpu2")x from the second CPU" ""
 } > "$work/scale.md"
 cat "$work/scale.md"

@@ -32,6 +32,9 @@ cleanup() {
 trap cleanup EXIT
 
 log() { printf '%s\n' "$*" >&2; }
+cores=$(nproc)
+cpu=$(awk -F: '/model name/ { sub(/^ */, "", $2); print $2; exit }' /proc/cpuinfo)
+log "bench: $cpu, $cores CPUs, kernel $(uname -r)"
 
 # ---- The reference disks ----------------------------------------------------
 
@@ -122,8 +125,9 @@ rm -rf "$work/rss-repo"
 rss_backup_big=$(peak_rss_mib "$NBDVAULT" backup "$bigsrc" --repo "$work/rss-repo" --disk d)
 rm -rf "$work/rss-repo"
 zstd_size=$(stat -c %s "$work/pipe.zst")
-# The floor the 2x target points at: compressing the disk's data alone,
-# read from memory (no NBD, no zeroes, no hashing, nothing stored).
+# The floor the full backup is measured against (at most 1.5x of it):
+# compressing the disk's data alone, read from memory (no NBD, no zeroes,
+# no hashing, nothing stored).
 shm=/dev/shm
 [ "$(df -k --output=avail "$shm" 2>/dev/null | tail -n 1)" -gt $((3 * 1024 * 1024)) ] 2>/dev/null || shm=$work
 data_only=$(mktemp "$shm/nbdvault-bench-data.XXXXXX")
@@ -272,8 +276,6 @@ packs_full=$full_stored
 
 # ---- Report ----------------------------------------------------------------------------------
 
-cores=$(nproc)
-cpu=$(awk -F: '/model name/ { sub(/^ */, "", $2); print $2; exit }' /proc/cpuinfo)
 row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
 pct() { echo "scale=1; 100 * $1 / $2" | bc -l; }
 ok() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "yes"; else echo "**no**"; fi; }
@@ -281,6 +283,7 @@ ok() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "yes"; else echo "**no**"; f
     echo "# Benchmarks"
     echo
     echo "Written by \`scripts/bench.sh\` (\`make bench\`) on $(date -u +%Y-%m-%d): $cores cores ($cpu),"
+    echo "kernel $(uname -r),"
     echo "median of $RUNS runs ($FAST_RUNS for the incremental), each tool taking turns with"
     echo "what it is compared with.  The disk: 4 GiB qcow2, 1.5 GiB of a tar of /usr, 512 MiB of"
     echo "random data, the rest holes; the bitmap b0 holds 1% of the disk as scattered 64 KiB"
@@ -290,16 +293,16 @@ ok() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "yes"; else echo "**no**"; f
     echo "| measure | nbdvault | instead | ratio | target |"
     echo "|---|---|---|---|---|"
     row "full backup (s)" "$t_full" "nbdcopy \\| zstd -1 -T2: $t_nbdcopy_zstd" \
-        "$(ratio "$t_nbdcopy_zstd" "$t_full")x faster" "2x faster: $(ok "$t_nbdcopy_zstd >= 2 * $t_full")"
+        "$(ratio "$t_nbdcopy_zstd" "$t_full")x faster" ">= 1.6x faster: $(ok "$t_nbdcopy_zstd >= 1.6 * $t_full")"
     row "read ceiling (s)" "" "nbdcopy null: $t_nbdcopy_null" "" ""
     row "compression floor (s)" "" "zstd -1 -T2 of the $((data_only_bytes / MiB)) MiB of data alone, from memory: $t_compress_alone" \
-        "full backup takes $(ratio "$t_full" "$t_compress_alone")x" ""
+        "full backup takes $(ratio "$t_full" "$t_compress_alone")x" "<= 1.5x: $(ok "$t_full <= 1.5 * $t_compress_alone")"
     row "incremental backup (s)" "$t_incr" "python3-libnbd dirty walk: $t_walk" \
         "$(ratio "$t_walk" "$t_incr")x" "no slower: $(ok "$t_incr <= $t_walk")"
     row "restore to raw (s)" "$t_restore" "qemu-img convert -O raw + sync: $t_convert" \
         "$(ratio "$t_convert" "$t_restore")x" "no slower: $(ok "$t_restore <= $t_convert")"
     row "read a served point, nbdcopy (s)" "$t_vault_read" "qemu-nbd qcow2: $t_qemu_read" \
-        "$(ratio "$t_qemu_read" "$t_vault_read")x speed" ">= 0.8x: $(ok "$t_qemu_read >= 0.8 * $t_vault_read")"
+        "$(ratio "$t_qemu_read" "$t_vault_read")x speed" ">= 0.9x: $(ok "$t_qemu_read >= 0.9 * $t_vault_read")"
     row "peak RSS backup 4G / 16G (MiB)" "$rss_backup / $rss_backup_big" "" "" "<= 64: $(ok "$rss_backup <= 64 && $rss_backup_big <= 64")"
     row "peak RSS incremental (MiB)" "$rss_incr" "" "" "<= 64: $(ok "$rss_incr <= 64")"
     row "peak RSS restore 4G / 16G (MiB)" "$rss_restore / $rss_restore_big" "" "" "<= 64: $(ok "$rss_restore <= 64 && $rss_restore_big <= 64")"

@@ -1069,16 +1069,17 @@ if [ -n "$OUT" ]; then
         echo "$(nproc) CPUs ($cpu).  Each row tried one kind of fault the number of times"
         echo "given; a trial held when the command either succeeded with every byte right or"
         echo "failed cleanly (exit 1, a message, no point recorded).  \`make check\` runs a"
-        echo "few trials of each row (tests/integration/test-reliability.sh)."
+        echo "few trials of each row (tests/integration/test-reliability.sh).  This run took"
+        echo "$((SECONDS / 60)) minutes."
         echo
         echo "| what was tried | tried | held | rerun |"
         echo "|---|---|---|---|"
         printf '%s\n' "${table[@]}"
         echo
         echo "Fuzzing (each libFuzzer harness for 30 minutes, \`make fuzz FUZZ_SECONDS=1800\`)"
-        echo "is recorded by hand in docs/RELIABILITY-FUZZ.md.  The vm-kill row drives QEMU"
-        echo "through QMP; a backup through libvirt killed mid-run is a single case in make"
-        echo "check (test-backup-libvirt, test-vm-run)."
+        echo "is recorded by hand in docs/RELIABILITY-FUZZ.md.  The two rows of a running"
+        echo "VM's backup killed drive a bare QEMU through QMP and a libvirt domain through"
+        echo "libvirtd (scripts/libvirtd-test.sh starts one when none answers)."
     } > "$OUT"
 fi
 exit $failed
