@@ -162,6 +162,13 @@ static void test_sealed_chunk(void **state UNUSED)
     sealed[20] ^= 1;
     expect_error(chunk_decode_check(dc, &k, codec, sealed, slen, chunk_crc(sealed, slen), out, sizeof out,
                                     id, true), EIO, "seal does not hold");
+    /* A byte changed with the CRC left as it was: with the key the seal
+     * names it (the tag covers every stored byte, so no CRC is computed);
+     * without the key the CRC does. */
+    expect_error(chunk_decode_check(dc, &k, codec, sealed, slen, crc, out, sizeof out, id, true), EIO,
+                 "seal does not hold");
+    expect_error(chunk_decode_check(dc, NULL, codec, sealed, slen, crc, out, sizeof out, id, true), EIO,
+                 "CRC mismatch");
     sealed[20] ^= 1;
     /* The entry's fields are sealed with it: another id, length or codec. */
     uint8_t other[32];
