@@ -750,7 +750,10 @@ vm_start() {
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$work/vm1.qcow2'/><target dev='vdb' bus='virtio'/></disk>
   </devices></domain>
 XML
-        virsh -q create "$work/vm.xml" > /dev/null || return 1
+        # QEMU runs as libvirt's user: every directory above the images
+        # must let it through (TMPDIR's too).
+        virsh -q create "$work/vm.xml" > "$work/virsh.out" 2>&1 ||
+            { echo "virsh create: $(tail -c 300 "$work/virsh.out")" >&2; return 1; }
         vk_stops+=("virsh -q destroy $vk_dom")
         return 0
     fi
@@ -903,8 +906,8 @@ row_vm_kill() {
                   record "a running VM's backup killed (libvirt)" 1 0 "scripts/reliability.sh vm-kill"; return; }
             vk_stops+=("'$TOOLS/../../scripts/libvirtd-test.sh' stop --holder $$") ;;
     esac
-    if ! vm_start; then
-        note "vm kill $vk_kind" "the VM did not start"
+    if ! vm_start 2> "$work/vm-start.err"; then
+        note "vm kill $vk_kind" "the VM did not start: $(tail -c 300 "$work/vm-start.err")"
     elif ! "$NBDVAULT" init --repo "$work/repo-vm" > /dev/null || ! vm_backup > /dev/null 2>> "$work/vm.log"; then
         note "vm kill $vk_kind" "the first backup failed: $(tail -c 300 "$work/vm.log")"
     else
@@ -1069,7 +1072,7 @@ if [ -n "$OUT" ]; then
         echo "$(nproc) CPUs ($cpu).  Each row tried one kind of fault the number of times"
         echo "given; a trial held when the command either succeeded with every byte right or"
         echo "failed cleanly (exit 1, a message, no point recorded).  \`make check\` runs a"
-        echo "few trials of each row (tests/integration/test-reliability.sh).  This run took"
+        echo "few trials of each row (tests/integration/test-reliability.sh and -vm.sh).  This run took"
         echo "$((SECONDS / 60)) minutes."
         echo
         echo "| what was tried | tried | held | rerun |"

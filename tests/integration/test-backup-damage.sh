@@ -26,7 +26,7 @@ verify_damaged ()
     [ "$rc" = 1 ] || fail "verify exited $rc on a damaged repository"
     grep -q "^damaged: " verify.out || fail "verify did not say what is damaged"
 }
-pack=$(find "$repo/packs" -name '*.pack' | head -n 1)
+pack=$(find "$repo/packs" -name '*.pack' | sed -n 1p)
 [ -n "$pack" ] || fail "no pack file"
 cp "$pack" pack.orig
 

@@ -172,7 +172,7 @@ cmp r.raw ref-3.raw || fail "the kept point differs after prune and gc"
 run "$NBDVAULT" verify --repo "$repo" --key-file master.key >/dev/null
 
 # One byte of a chunk: found, named, with its point.
-pack=$(find "$repo/packs" -name '*.pack' | head -1)
+pack=$(find "$repo/packs" -name '*.pack' | sed -n 1p)
 "$PYTHON" -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(16+56+40); b=f.read(1); f.seek(16+56+40); f.write(bytes([b[0]^1]))' "$pack"
 rc=0
 "$NBDVAULT" verify --repo "$repo" --key-file master.key > v2.out || rc=$?

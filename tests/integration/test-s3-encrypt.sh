@@ -43,7 +43,7 @@ done
 [ "$i" -ge 4 ] || fail "only $i objects in the bucket"
 ! grep -rlaF CONFIDENTIAL-LEDGER objs || fail "a plaintext string of the disk is in the bucket"
 ! grep -rlaF '"disk"' objs || fail "a manifest's header is readable in the bucket"
-m=$(s3_keys "$bucket" r/points/ | head -1)
+m=$(s3_keys "$bucket" r/points/ | sed -n 1p)
 s3_get "$bucket" "$m" man
 [ "$(head -c 8 man)" = NBDVMANE ] || fail "the manifest is not sealed"
 

@@ -24,8 +24,8 @@ for i in 1 2; do
 done
 cp data.raw ref-2.raw
 [ -z "$(s3_keys "$bucket" r/locks/)" ] || fail "a lock object was left"
-pack=$(s3_keys "$bucket" r/packs/ | head -1)
-man=$(s3_keys "$bucket" r/points/ | head -1)
+pack=$(s3_keys "$bucket" r/packs/ | sed -n 1p)
+man=$(s3_keys "$bucket" r/points/ | sed -n 1p)
 for k in "$pack" "$man"; do
     s3_curl -I "$AWS_ENDPOINT_URL/$bucket/$k" > head.out
     grep -qi "x-amz-object-lock-mode: GOVERNANCE" head.out || { cat head.out; fail "$k is not locked"; }

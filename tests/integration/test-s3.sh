@@ -130,14 +130,14 @@ expect_fail 1 "is not a repository" "$NBDVAULT" list --repo "s3://$bucket/elsewh
 expect_fail 1 "no S3 credentials" env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY \
     HOME=$testdir "$NBDVAULT" list --repo "$repo"
 # A damaged manifest is named, on a machine that has not imported it yet.
-m=$(grep '^nightly/points/' keys | head -1)
+m=$(grep '^nightly/points/' keys | sed -n 1p)
 s3_get "$bucket" "$m" man
 "$PYTHON" -c 'import sys; b=bytearray(open("man","rb").read()); b[len(b)//2]^=1; open("man","wb").write(b)'
 s3_put "$bucket" "$m" man
 XDG_CACHE_HOME=$testdir/third expect_fail 1 "manifest s3://$bucket/$m is damaged" \
     "$NBDVAULT" list --repo "$repo"
 # A truncated pack: found by its size, without reading data; named.
-p=$(grep '^nightly/packs/' keys | head -1)
+p=$(grep '^nightly/packs/' keys | sed -n 1p)
 s3_get "$bucket" "$p" pk
 head -c 1000 pk > pk.short
 s3_put "$bucket" "$p" pk.short
