@@ -1,9 +1,12 @@
 /* store/s3.c: the S3 backend.
  *
- * An object is BUCKET/PREFIX/KEY.  A put is spooled to an unlinked file in
- * the state directory while its SHA-256 and MD5 are computed, and
- * uploaded by one PUT at commit (the pack writer's own thread, so that the
- * backup goes on meanwhile); the ETag must equal the body's MD5.  A PUT is
+ * An object is BUCKET/PREFIX/KEY.  A put collects its body in memory (a pack
+ * fits: up to MEM_MAX bytes, in a buffer reused from a small pool, since
+ * fresh pages cost the kernel a clearing each) or, past that, in an
+ * unlinked spool file in the state directory, while its SHA-256 and MD5
+ * are computed; it is uploaded by one PUT at commit (the pack writer's own
+ * thread, so that the backup goes on meanwhile); the ETag must equal the
+ * body's MD5.  A PUT is
  * atomic in S3: a key is absent or whole, so there are no partial objects.
  * Reads are ranged GETs through a small window per open object (a pack
  * reader reads chunk after chunk); what they return is checked by the
@@ -27,17 +30,27 @@
 #include "store/s3int.h"
 
 #define WINDOW (1024 * 1024)       /* read-ahead of one open object */
+#define MEM_MAX (48u << 20)        /* a body held in memory; beyond: spooled
+                                    * (NBDVAULT_S3_SPOOL_ABOVE: fewer bytes,
+                                    * for tests) */
+#define POOL_MAX 4                 /* idle body buffers kept (a backup has up
+                                    * to 4 packs open or uploading) */
 
 struct s3store {
     struct store base;
     struct s3 s3;
     char state[PATH_MAX];          /* "" until set */
+    pthread_mutex_t pool_mu;
+    uint8_t *pool[POOL_MAX];       /* idle MEM_MAX buffers */
+    size_t mem_max;                /* a body spills to a file beyond this */
+    unsigned npool;
 };
 
 struct s3_put {
     struct store_put base;
     char key[STORE_KEY_MAX];
-    int fd;
+    int fd;                        /* the spool file, or -1 */
+    uint8_t *mem;                  /* the body while it fits (fd < 0) */
     uint64_t size;
     gnutls_hash_hd_t sha, md5;
     bool hashing, committed;
@@ -70,29 +83,48 @@ static int display(const struct s3 *s, const char *key, char *out, size_t cap)
 
 /* ---- Writing ------------------------------------------------------------ */
 
+static uint8_t *pool_take(struct s3store *ss)
+{
+    uint8_t *m = NULL;
+
+    pthread_mutex_lock(&ss->pool_mu);
+    if (ss->npool)
+        m = ss->pool[--ss->npool];
+    pthread_mutex_unlock(&ss->pool_mu);
+    /* Untouched pages of a fresh buffer stay out of the RSS. */
+    return m ? m : malloc(MEM_MAX);
+}
+
+static void pool_give(struct s3store *ss, uint8_t *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&ss->pool_mu);
+    if (ss->npool < POOL_MAX) {
+        ss->pool[ss->npool++] = m;
+        m = NULL;
+    }
+    pthread_mutex_unlock(&ss->pool_mu);
+    free(m);
+}
+
 static struct store_put *s3_put_begin(struct store *st, const char *key)
 {
     struct s3store *ss = S(st);
     struct s3_put *p = calloc(1, sizeof *p);
 
-    if (!p) {
-        error_set(ENOMEM, "out of memory");
+    if (!p || !(p->mem = pool_take(ss))) {
+        free(p);
+        error_set(ENOMEM, "write %s: out of memory", key);
         return NULL;
     }
     p->base.s = st;
     p->fd = -1;
     snprintf(p->key, sizeof p->key, "%s", key);
-    const char *dir = ss->state[0] ? ss->state : "/tmp";
-    p->fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (p->fd < 0) {
-        error_set(errno, "spool %s in %s: %s", key, dir, strerror(errno));
-        free(p);
-        return NULL;
-    }
     if (gnutls_hash_init(&p->sha, GNUTLS_DIG_SHA256) < 0 ||
         gnutls_hash_init(&p->md5, GNUTLS_DIG_MD5) < 0) {
         error_set(EIO, "gnutls: cannot hash");
-        close(p->fd);
+        pool_give(ss, p->mem);
         free(p);
         return NULL;
     }
@@ -100,18 +132,12 @@ static struct store_put *s3_put_begin(struct store *st, const char *key)
     return &p->base;
 }
 
-static int s3_put_write(struct store_put *sp, void *buf, size_t len, size_t cap)
+static int spool_write(struct s3_put *p, const uint8_t *b, size_t len, uint64_t off)
 {
-    struct s3_put *p = (struct s3_put *)sp;
-    const uint8_t *b = buf;
     size_t done = 0;
 
-    if (p->committed || !p->hashing) {
-        error_set(EINVAL, "write %s: already finished", p->key);
-        return -1;
-    }
     while (done < len) {
-        ssize_t n = pwrite(p->fd, b + done, len - done, (off_t)(p->size + done));
+        ssize_t n = pwrite(p->fd, b + done, len - done, (off_t)(off + done));
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
@@ -120,6 +146,43 @@ static int s3_put_write(struct store_put *sp, void *buf, size_t len, size_t cap)
         }
         done += (size_t)n;
     }
+    return 0;
+}
+
+/* A body outgrowing MEM_MAX moves to an unlinked file in the state
+ * directory. */
+static int spill(struct s3_put *p)
+{
+    struct s3store *ss = S(p->base.s);
+    const char *dir = ss->state[0] ? ss->state : "/tmp";
+
+    p->fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (p->fd < 0) {
+        error_set(errno, "spool %s in %s: %s", p->key, dir, strerror(errno));
+        return -1;
+    }
+    if (spool_write(p, p->mem, (size_t)p->size, 0) < 0)
+        return -1;
+    pool_give(ss, p->mem);
+    p->mem = NULL;
+    return 0;
+}
+
+static int s3_put_write(struct store_put *sp, void *buf, size_t len, size_t cap)
+{
+    struct s3_put *p = (struct s3_put *)sp;
+
+    (void)cap;
+    if (p->committed || !p->hashing) {
+        error_set(EINVAL, "write %s: already finished", p->key);
+        return -1;
+    }
+    if (p->mem && p->size + len > S(sp->s)->mem_max && spill(p) < 0)
+        return -1;
+    if (p->mem)
+        memcpy(p->mem + p->size, buf, len);
+    else if (spool_write(p, buf, len, p->size) < 0)
+        return -1;
     gnutls_hash(p->sha, buf, len);
     gnutls_hash(p->md5, buf, len);
     p->size += len;
@@ -163,7 +226,7 @@ static int put_body(struct s3 *s, const char *key, const struct s3_body *b)
 static int s3_put_commit(struct store_put *sp)
 {
     struct s3_put *p = (struct s3_put *)sp;
-    struct s3_body b = { .fd = p->fd, .len = p->size };
+    struct s3_body b = { .fd = p->fd, .mem = p->mem, .len = p->size };
 
     if (p->committed || !p->hashing) {
         error_set(EINVAL, "write %s: already finished", p->key);
@@ -186,6 +249,7 @@ static void s3_put_free(struct store_put *sp)
     }
     if (p->fd >= 0)
         close(p->fd);
+    pool_give(S(sp->s), p->mem);
     free(p);
 }
 
@@ -416,6 +480,9 @@ static int s3_display_name(const struct store *st, const char *key, char *out, s
 
 static void s3_close(struct store *st)
 {
+    for (unsigned i = 0; i < S(st)->npool; i++)
+        free(S(st)->pool[i]);
+    pthread_mutex_destroy(&S(st)->pool_mu);
     s3_fini(&S(st)->s3);
     free(st->location);
     free(st);
@@ -490,6 +557,15 @@ struct store *store_s3_open(const char *url)
         return NULL;
     }
     ss->base.ops = &s3_ops;
+    pthread_mutex_init(&ss->pool_mu, NULL);
+    ss->mem_max = MEM_MAX;
+    const char *v = getenv("NBDVAULT_S3_SPOOL_ABOVE");
+    if (v && *v) {
+        char *end;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (!*end && x < MEM_MAX)
+            ss->mem_max = (size_t)x;
+    }
     if (s3_configure(&ss->s3, url) < 0 || s3_init(&ss->s3) < 0) {
         explicit_bzero(ss->s3.secret, sizeof ss->s3.secret);
         free(ss->base.location);

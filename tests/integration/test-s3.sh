@@ -5,8 +5,9 @@
 # bucket; two hosts (two caches) back up two disks into one bucket at once,
 # each sees the other's points, and content they share is stored once; a
 # catalog rebuilt on an empty cache restores every point and serves it;
-# wrong credentials, a missing bucket and a damaged manifest give clear
-# errors and exit 1, and no secret appears in any output.
+# bodies spooled to a file restore as well; wrong credentials, a missing
+# bucket and a damaged manifest give clear errors and exit 1, and no secret
+# appears in any output.
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 . "$here/backup-lib.sh"
@@ -53,6 +54,18 @@ s3_keys "$bucket" nightly/ > keys
 grep -qx nightly/config keys || fail "no config object"
 [ "$(grep -c '^nightly/points/' keys)" = 2 ] || fail "not one manifest per point"
 grep -q '^nightly/packs/.*\.pack$' keys || fail "no pack in the bucket"
+
+# Bodies past NBDVAULT_S3_SPOOL_ABOVE go through a spool file instead of
+# memory (48 MiB: a pack fits): here the packs past 4 MiB, each first in
+# memory, then moved to the file.
+run "$NBDVAULT" init --repo "s3://$bucket/spooled"
+serve_disk disk.qcow2
+NBDVAULT_S3_SPOOL_ABOVE=$((4 * M + 1)) run "$NBDVAULT" backup "$uri" --repo "s3://$bucket/spooled" --disk vm1
+unserve
+run "$NBDVAULT" verify --repo "s3://$bucket/spooled" --read-data
+run "$NBDVAULT" restore --repo "s3://$bucket/spooled" --disk vm1 --output r.raw
+cmp r.raw ref-2.raw || fail "a point whose packs were spooled restores differently"
+[ "$(s3_keys "$bucket" spooled/packs/ | wc -l)" -ge 1 ] || fail "no spooled pack in the bucket"
 
 # ---- Two hosts, one bucket -------------------------------------------------
 head -c $((16 * M)) /dev/urandom > other.raw
