@@ -132,6 +132,8 @@ static int check_other(void *opaque, const char *key, uint64_t size, bool partia
 static void *refresh_main(void *opaque)
 {
     struct remote_lock *l = opaque;
+
+    pthread_setname_np(pthread_self(), "nbdvault-lock");
     unsigned every = env_secs("NBDVAULT_S3_LOCK_REFRESH", REFRESH_S);
 
     pthread_mutex_lock(&l->mu);

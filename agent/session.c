@@ -426,6 +426,8 @@ static void *committer_main(void *opaque)
 {
     struct session *s = opaque;
 
+    pthread_setname_np(pthread_self(), "nbdvault-commit");
+
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->sealed_head && s->ready.n < ROW_FLUSH && !s->stop)

@@ -120,6 +120,8 @@ static void write_blocks(struct fsink *f, struct sink_block **blks, size_t n)
 static void *writer_main(void *opaque)
 {
     struct fsink *f = opaque;
+
+    pthread_setname_np(pthread_self(), "nbdvault-write");
     struct sink_block *blks[GATHER];
 
     pthread_mutex_lock(&f->lock);

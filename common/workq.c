@@ -73,6 +73,8 @@ static void *worker_main(void *opaque)
     struct workq *q = opaque;
     void *wctx = NULL;
 
+    pthread_setname_np(pthread_self(), "nbdvault-work");
+
     if (q->ops.start && !(wctx = q->ops.start(q->opaque)))
         latch_set_error(&q->latch);
     pthread_mutex_lock(&q->lock);

@@ -861,6 +861,8 @@ static void conn_run(struct sconn *c)
 static void *conn_thread(void *opaque)
 {
     struct sconn *c = opaque;
+
+    pthread_setname_np(pthread_self(), "nbdvault-conn");
     struct nbd_server *s = c->srv;
 
     conn_run(c);

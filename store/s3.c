@@ -33,15 +33,17 @@
 #define MEM_MAX (48u << 20)        /* a body held in memory; beyond: spooled
                                     * (NBDVAULT_S3_SPOOL_ABOVE: fewer bytes,
                                     * for tests) */
-#define POOL_MAX 4                 /* idle body buffers kept (a backup has up
-                                    * to 4 packs open or uploading) */
+#define MEM_BODIES 3               /* bodies in memory at once (a backup has
+                                    * 4 or 5 packs open or uploading); more
+                                    * are spooled; as many idle buffers kept */
 
 struct s3store {
     struct store base;
     struct s3 s3;
     char state[PATH_MAX];          /* "" until set */
     pthread_mutex_t pool_mu;
-    uint8_t *pool[POOL_MAX];       /* idle MEM_MAX buffers */
+    uint8_t *pool[MEM_BODIES];     /* idle MEM_MAX buffers */
+    unsigned inmem;                /* bodies in memory now */
     size_t mem_max;                /* a body spills to a file beyond this */
     unsigned npool;
 };
@@ -83,16 +85,28 @@ static int display(const struct s3 *s, const char *key, char *out, size_t cap)
 
 /* ---- Writing ------------------------------------------------------------ */
 
+/* A buffer for a body in memory, or NULL: spool it (MEM_BODIES are in
+ * memory already, or no memory). */
 static uint8_t *pool_take(struct s3store *ss)
 {
     uint8_t *m = NULL;
 
     pthread_mutex_lock(&ss->pool_mu);
+    if (ss->inmem >= MEM_BODIES) {
+        pthread_mutex_unlock(&ss->pool_mu);
+        return NULL;
+    }
+    ss->inmem++;
     if (ss->npool)
         m = ss->pool[--ss->npool];
     pthread_mutex_unlock(&ss->pool_mu);
     /* Untouched pages of a fresh buffer stay out of the RSS. */
-    return m ? m : malloc(MEM_MAX);
+    if (!m && !(m = malloc(MEM_MAX))) {
+        pthread_mutex_lock(&ss->pool_mu);
+        ss->inmem--;
+        pthread_mutex_unlock(&ss->pool_mu);
+    }
+    return m;
 }
 
 static void pool_give(struct s3store *ss, uint8_t *m)
@@ -100,36 +114,13 @@ static void pool_give(struct s3store *ss, uint8_t *m)
     if (!m)
         return;
     pthread_mutex_lock(&ss->pool_mu);
-    if (ss->npool < POOL_MAX) {
+    ss->inmem--;
+    if (ss->npool < MEM_BODIES) {
         ss->pool[ss->npool++] = m;
         m = NULL;
     }
     pthread_mutex_unlock(&ss->pool_mu);
     free(m);
-}
-
-static struct store_put *s3_put_begin(struct store *st, const char *key)
-{
-    struct s3store *ss = S(st);
-    struct s3_put *p = calloc(1, sizeof *p);
-
-    if (!p || !(p->mem = pool_take(ss))) {
-        free(p);
-        error_set(ENOMEM, "write %s: out of memory", key);
-        return NULL;
-    }
-    p->base.s = st;
-    p->fd = -1;
-    snprintf(p->key, sizeof p->key, "%s", key);
-    if (gnutls_hash_init(&p->sha, GNUTLS_DIG_SHA256) < 0 ||
-        gnutls_hash_init(&p->md5, GNUTLS_DIG_MD5) < 0) {
-        error_set(EIO, "gnutls: cannot hash");
-        pool_give(ss, p->mem);
-        free(p);
-        return NULL;
-    }
-    p->hashing = true;
-    return &p->base;
 }
 
 static int spool_write(struct s3_put *p, const uint8_t *b, size_t len, uint64_t off)
@@ -149,8 +140,8 @@ static int spool_write(struct s3_put *p, const uint8_t *b, size_t len, uint64_t 
     return 0;
 }
 
-/* A body outgrowing MEM_MAX moves to an unlinked file in the state
- * directory. */
+/* A body outgrowing MEM_MAX (or finding none free) moves to an unlinked
+ * file in the state directory. */
 static int spill(struct s3_put *p)
 {
     struct s3store *ss = S(p->base.s);
@@ -166,6 +157,33 @@ static int spill(struct s3_put *p)
     pool_give(ss, p->mem);
     p->mem = NULL;
     return 0;
+}
+
+static struct store_put *s3_put_begin(struct store *st, const char *key)
+{
+    struct s3store *ss = S(st);
+    struct s3_put *p = calloc(1, sizeof *p);
+
+    if (!p) {
+        error_set(ENOMEM, "write %s: out of memory", key);
+        return NULL;
+    }
+    p->base.s = st;
+    p->fd = -1;
+    snprintf(p->key, sizeof p->key, "%s", key);
+    if (!(p->mem = pool_take(ss)) && spill(p) < 0) {
+        free(p);
+        return NULL;
+    }
+    if (gnutls_hash_init(&p->sha, GNUTLS_DIG_SHA256) < 0 ||
+        gnutls_hash_init(&p->md5, GNUTLS_DIG_MD5) < 0) {
+        error_set(EIO, "gnutls: cannot hash");
+        pool_give(ss, p->mem);
+        free(p);
+        return NULL;
+    }
+    p->hashing = true;
+    return &p->base;
 }
 
 static int s3_put_write(struct store_put *sp, void *buf, size_t len, size_t cap)
