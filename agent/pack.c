@@ -162,6 +162,8 @@ static void *io_main(void *opaque)
 {
     struct pack_writer *w = opaque;
 
+    pthread_setname_np(pthread_self(), "nbdvault-pack");
+
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (!w->njobs && !w->stop && !w->seal)
