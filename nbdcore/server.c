@@ -540,9 +540,7 @@ static int send_chunk(struct sconn *c, uint16_t flags, uint16_t type, uint64_t c
 {
     uint8_t h[32];
     size_t n = nbd_encode_chunk_header(h, c->extended, flags, type, cookie, offset, len);
-    if (nbd_sock_send_all(c->sock, h, n) < 0)
-        return -1;
-    return len ? nbd_sock_send_all(c->sock, payload, len) : 0;
+    return nbd_sock_send_all2(c->sock, h, n, payload, len);
 }
 
 static int send_error(struct sconn *c, uint64_t cookie, uint64_t offset, int err, const char *msg)
@@ -599,9 +597,9 @@ static int do_read(struct sconn *c, uint64_t cookie, uint16_t flags, uint64_t of
             return send_error(c, cookie, off, -r, "read failed");
         }
         if (!c->structured) {
-            if (pos == off && send_simple(c, cookie, 0) < 0)
-                return -1;
-            if (nbd_sock_send_all(c->sock, c->buf, n) < 0)
+            uint8_t h[16];
+            nbd_encode_simple_reply(h, 0, cookie);
+            if (nbd_sock_send_all2(c->sock, h, pos == off ? 16 : 0, c->buf, n) < 0)
                 return -1;
         } else if (r == 1 && !df) {
             uint8_t p[12];
@@ -615,8 +613,7 @@ static int do_read(struct sconn *c, uint64_t cookie, uint16_t flags, uint64_t of
             size_t hl = nbd_encode_chunk_header(h, c->extended, last ? NBD_REPLY_FLAG_DONE : 0,
                                                 NBD_REPLY_TYPE_OFFSET_DATA, cookie, off, 8 + n);
             nbd_put64(h + hl, pos);
-            if (nbd_sock_send_all(c->sock, h, hl + 8) < 0 ||
-                nbd_sock_send_all(c->sock, c->buf, n) < 0)
+            if (nbd_sock_send_all2(c->sock, h, hl + 8, c->buf, n) < 0)
                 return -1;
         }
         pos += n;

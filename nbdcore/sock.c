@@ -407,6 +407,46 @@ int nbd_sock_send_all(struct nbd_sock *s, const void *buf, size_t len)
     return 0;
 }
 
+/* Two buffers in one sendmsg on a plain socket: a reply's header and its
+ * data reach the peer together (one wake-up instead of two). */
+int nbd_sock_send_all2(struct nbd_sock *s, const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (s->tls)
+        return nbd_sock_send_all(s, a, alen) < 0 ? -1 : nbd_sock_send_all(s, b, blen);
+    struct iovec v[2] = { { (void *)a, alen }, { (void *)b, blen } };
+    int64_t deadline = deadline_of(s);
+    int i = 0;
+
+    while (i < 2) {
+        if (!v[i].iov_len) {
+            i++;
+            continue;
+        }
+        struct msghdr m = { .msg_iov = v + i, .msg_iovlen = (size_t)(2 - i) };
+        ssize_t r = sendmsg(s->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                nbd_set_error(errno, "send: %s", strerror(errno));
+                return -1;
+            }
+            if (wait_fd(s, POLLOUT, deadline) < 0)
+                return -1;
+            continue;
+        }
+        for (size_t left = (size_t)r; left && i < 2;) {
+            size_t t = left < v[i].iov_len ? left : v[i].iov_len;
+            v[i].iov_base = (char *)v[i].iov_base + t;
+            v[i].iov_len -= t;
+            left -= t;
+            if (!v[i].iov_len)
+                i++;
+        }
+    }
+    return 0;
+}
+
 int nbd_sock_recv_all(struct nbd_sock *s, void *buf, size_t len)
 {
     char *p = buf;

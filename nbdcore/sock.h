@@ -41,6 +41,8 @@ bool nbd_sock_is_tls(const struct nbd_sock *s);
  * connection" / "peer closed the connection"). */
 void nbd_sock_set_timeout(struct nbd_sock *s, int timeout_ms);
 int nbd_sock_send_all(struct nbd_sock *s, const void *buf, size_t len);
+/* a[alen] then b[blen], in one system call where the transport allows. */
+int nbd_sock_send_all2(struct nbd_sock *s, const void *a, size_t alen, const void *b, size_t blen);
 int nbd_sock_recv_all(struct nbd_sock *s, void *buf, size_t len);
 
 /* One non-blocking-friendly step: returns bytes moved (> 0), 0 on EOF
