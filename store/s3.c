@@ -8,9 +8,9 @@
  * thread, so that the backup goes on meanwhile); the ETag must equal the
  * body's MD5.  A PUT is
  * atomic in S3: a key is absent or whole, so there are no partial objects.
- * Reads are ranged GETs through a small window per open object (a pack
- * reader reads chunk after chunk); what they return is checked by the
- * caller (pack CRCs, chunk ids).  Listing is ListObjectsV2.
+ * Reads are ranged GETs of windows that every reader of the store shares
+ * (store/s3cache.c: a pack is read chunk after chunk by several threads);
+ * what they return is checked by the caller (pack CRCs, chunk ids).  Listing is ListObjectsV2.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,7 +29,6 @@
 #include "store/internal.h"
 #include "store/s3int.h"
 
-#define WINDOW (1024 * 1024)       /* read-ahead of one open object */
 #define MEM_MAX (48u << 20)        /* a body held in memory; beyond: spooled
                                     * (NBDVAULT_S3_SPOOL_ABOVE: fewer bytes,
                                     * for tests) */
@@ -45,6 +44,7 @@ struct s3store {
     uint8_t *pool[MEM_BODIES];     /* idle MEM_MAX buffers */
     unsigned inmem;                /* bodies in memory now */
     size_t mem_max;                /* a body spills to a file beyond this */
+    struct s3_cache *cache;        /* the windows read lately */
     unsigned npool;
 };
 
@@ -62,9 +62,6 @@ struct s3_obj {
     struct store_obj base;
     char key[STORE_KEY_MAX];
     uint64_t size;
-    uint8_t *win;                  /* WINDOW bytes, or NULL */
-    uint64_t win_off;
-    size_t win_len;
 };
 
 static struct s3store *S(const struct store *s)
@@ -330,58 +327,16 @@ static uint64_t s3_obj_size(const struct store_obj *so)
     return ((const struct s3_obj *)so)->size;
 }
 
-static int get_range(struct s3 *s, const char *key, void *buf, size_t len, uint64_t off, size_t *got)
-{
-    struct s3_req r = { .method = "GET", .key = key, .range_off = off, .range_len = len,
-                        .out = buf, .out_cap = len };
-
-    if (s3_do(s, &r) < 0)
-        return -1;
-    *got = r.out_len;
-    return 0;
-}
-
 static ssize_t s3_obj_read(struct store_obj *so, void *buf, size_t len, uint64_t off)
 {
     struct s3_obj *o = (struct s3_obj *)so;
-    struct s3 *s = &S(so->s)->s3;
-    size_t got;
 
-    if (off >= o->size || len == 0)
-        return 0;
-    if (len > o->size - off)
-        len = (size_t)(o->size - off);
-    if (o->win && off >= o->win_off && off + len <= o->win_off + o->win_len) {
-        memcpy(buf, o->win + (off - o->win_off), len);
-        return (ssize_t)len;
-    }
-    if (len >= WINDOW / 2) {
-        if (get_range(s, o->key, buf, len, off, &got) < 0)
-            return -1;
-        return (ssize_t)got;
-    }
-    if (!o->win && !(o->win = malloc(WINDOW))) {
-        error_set(ENOMEM, "out of memory");
-        return -1;
-    }
-    size_t want = o->size - off < WINDOW ? (size_t)(o->size - off) : WINDOW;
-    o->win_len = 0;
-    if (get_range(s, o->key, o->win, want, off, &got) < 0)
-        return -1;
-    o->win_off = off;
-    o->win_len = got;
-    if (len > got)
-        len = got;
-    memcpy(buf, o->win, len);
-    return (ssize_t)len;
+    return s3_cache_read(S(so->s)->cache, &S(so->s)->s3, o->key, o->size, buf, len, off);
 }
 
 static void s3_obj_close(struct store_obj *so)
 {
-    struct s3_obj *o = (struct s3_obj *)so;
-
-    free(o->win);
-    free(o);
+    free(so);
 }
 
 /* ---- Listing and removing ----------------------------------------------- */
@@ -501,6 +456,7 @@ static void s3_close(struct store *st)
     for (unsigned i = 0; i < S(st)->npool; i++)
         free(S(st)->pool[i]);
     pthread_mutex_destroy(&S(st)->pool_mu);
+    s3_cache_free(S(st)->cache);
     s3_fini(&S(st)->s3);
     free(st->location);
     free(st);
@@ -584,7 +540,8 @@ struct store *store_s3_open(const char *url)
         if (!*end && x < MEM_MAX)
             ss->mem_max = (size_t)x;
     }
-    if (s3_configure(&ss->s3, url) < 0 || s3_init(&ss->s3) < 0) {
+    if (!(ss->cache = s3_cache_new()) || s3_configure(&ss->s3, url) < 0 || s3_init(&ss->s3) < 0) {
+        s3_cache_free(ss->cache);
         explicit_bzero(ss->s3.secret, sizeof ss->s3.secret);
         free(ss->base.location);
         free(ss);

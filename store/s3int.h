@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <sys/types.h>
 
 #include "store/store.h"
 
@@ -82,6 +83,19 @@ void s3_fini(struct s3 *s);
 int s3_do(struct s3 *s, struct s3_req *r);
 /* Hex MD5 and SHA-256 of a body (mem or file), filled into b. */
 int s3_body_hash(struct s3_body *b);
+/* A ranged GET into buf: *got bytes (short at the end of the object). */
+int s3_get_range(struct s3 *s, const char *key, void *buf, size_t len, uint64_t off, size_t *got);
+
+/* store/s3cache.c: windows of objects read lately, shared by every reader
+ * of a store (a few MiB each, a bounded number). */
+struct s3_cache;
+struct s3_cache *s3_cache_new(void);         /* NULL with the error set */
+void s3_cache_free(struct s3_cache *c);      /* accepts NULL */
+/* Reads [off, off + len) of key (size bytes long): the count, short only
+ * at the end of the object, or -1 with the error set. */
+ssize_t s3_cache_read(struct s3_cache *c, struct s3 *s, const char *key, uint64_t size, void *buf,
+                      size_t len, uint64_t off);
+
 /* Percent-encodes s (keeping '/' when keep_slash) into out. */
 int s3_encode(const char *s, bool keep_slash, char *out, size_t cap);
 /* The configuration, credentials and defaults from the environment. */
