@@ -17,6 +17,9 @@ repo=$testdir/repo
 qemu-img create -q -f qcow2 disk.qcow2 $size
 qemu-io -f qcow2 -c "write -P 0x11 0 $((8 * M))" -c "write -P 0x12 $((20 * M)) 3M" \
         -c "write -P 0x13 $((size - 4096)) 4096" disk.qcow2 >/dev/null
+# Cells of zeroes but for a byte or eight, late in a 4 KiB block: not zero.
+qemu-io -f qcow2 -c "write -P 0x41 $((14 * M + 65535)) 1" \
+        -c "write -P 0x42 $((15 * M + 4096 + 16)) 8" disk.qcow2 >/dev/null
 head -c $((2 * M)) /dev/urandom > rand.bin
 qemu-io -f qcow2 -c "write -P 0x14 $((30 * M)) 2M" disk.qcow2 >/dev/null
 qemu-img bitmap --add disk.qcow2 b0
