@@ -31,7 +31,7 @@
 
 #define MEM_MAX (48u << 20)        /* a body held in memory; beyond: spooled
                                     * (NBDVAULT_S3_SPOOL_ABOVE: fewer bytes,
-                                    * for tests) */
+                                    * for tests; 0: every body spooled) */
 #define MEM_BODIES 3               /* bodies in memory at once (a backup has
                                     * 4 or 5 packs open or uploading); more
                                     * are spooled; as many idle buffers kept */
@@ -89,7 +89,7 @@ static uint8_t *pool_take(struct s3store *ss)
     uint8_t *m = NULL;
 
     pthread_mutex_lock(&ss->pool_mu);
-    if (ss->inmem >= MEM_BODIES) {
+    if (ss->inmem >= MEM_BODIES || !ss->mem_max) {
         pthread_mutex_unlock(&ss->pool_mu);
         return NULL;
     }

@@ -65,6 +65,13 @@ unserve
 run "$NBDVAULT" verify --repo "s3://$bucket/spooled" --read-data
 run "$NBDVAULT" restore --repo "s3://$bucket/spooled" --disk vm1 --output r.raw
 cmp r.raw ref-2.raw || fail "a point whose packs were spooled restores differently"
+# ... and with NBDVAULT_S3_SPOOL_ABOVE=0 every body, from its first byte.
+run "$NBDVAULT" init --repo "s3://$bucket/spooled0"
+serve_disk disk.qcow2
+NBDVAULT_S3_SPOOL_ABOVE=0 run "$NBDVAULT" backup "$uri" --repo "s3://$bucket/spooled0" --disk vm1
+unserve
+run "$NBDVAULT" restore --repo "s3://$bucket/spooled0" --disk vm1 --output r.raw
+cmp r.raw ref-2.raw || fail "a point whose every body was spooled restores differently"
 [ "$(s3_keys "$bucket" spooled/packs/ | wc -l)" -ge 1 ] || fail "no spooled pack in the bucket"
 
 # ---- Two hosts, one bucket -------------------------------------------------
