@@ -15,6 +15,7 @@
 
 #include "agent/pack.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "store/store.h"
 
 #define WRITE_BUF_SIZE (1024 * 1024)
@@ -573,31 +574,16 @@ static struct store_obj *reader_obj(struct pack_reader *r, const char *name)
     return o;
 }
 
-int pack_reader_get(struct pack_reader *r, const char *pack_name, const struct pack_entry *e,
-                    void *out)
+/* One chunk's entry read from o and checked into out: 0; -2 when the
+ * bytes arrived whole but fail a check (header, CRC or seal, codec, id);
+ * -1 on other errors.  The error is set either way. */
+static int read_entry(struct pack_reader *r, struct store_obj *o, const char *pack_name,
+                      const struct pack_entry *e, const char *hex, void *out)
 {
     struct pack_entry got;
-    char hex[65];
-    size_t len;
+    size_t len = PACK_ENTRY_HDR_LEN + (size_t)e->stored_len;
     ssize_t n;
-    struct store_obj *o;
 
-    if (check_name(pack_name) < 0)
-        return -1;
-    chunk_hash_hex(e->hash, hex);
-    if (pack_check_entry(e, EINVAL) < 0) {
-        error_prefix("pack %s: chunk %s: ", pack_name, hex);
-        return -1;
-    }
-    if (e->offset < PACK_FILE_HDR_LEN || e->offset > (uint64_t)INT64_MAX / 2) {
-        error_set(EINVAL, "pack %s: chunk %s: offset %llu is out of range", pack_name, hex,
-                  (unsigned long long)e->offset);
-        return -1;
-    }
-    if (!(o = reader_obj(r, pack_name)))
-        return -1;
-
-    len = PACK_ENTRY_HDR_LEN + (size_t)e->stored_len;
     if (len > r->cap) {
         uint8_t *nb = realloc(r->buf, len);
         if (!nb) {
@@ -619,21 +605,53 @@ int pack_reader_get(struct pack_reader *r, const char *pack_name, const struct p
     }
     if (pack_decode_entry_hdr(r->buf, e->offset, &got) < 0) {
         error_prefix("pack %s: chunk %s: ", pack_name, hex);
-        return -1;
+        return -2;
     }
     if (memcmp(got.hash, e->hash, PACK_HASH_LEN) != 0 || got.codec != e->codec ||
         got.plain_len != e->plain_len || got.stored_len != e->stored_len ||
         got.crc != e->crc) {
         error_set(EIO, "pack %s: chunk %s: entry at offset %llu does not match the catalog",
                   pack_name, hex, (unsigned long long)e->offset);
-        return -1;
+        return -2;
     }
     if (chunk_decode_check(r->dctx, r->keys, e->codec, r->buf + PACK_ENTRY_HDR_LEN, e->stored_len,
                            e->crc, out, e->plain_len, e->hash, !r->skip_ids) < 0) {
         error_prefix("pack %s: ", pack_name);
-        return -1;
+        return error_errno() == ENOMEM || error_errno() == EACCES ? -1 : -2;
     }
     return 0;
+}
+
+int pack_reader_get(struct pack_reader *r, const char *pack_name, const struct pack_entry *e,
+                    void *out)
+{
+    char hex[65];
+    struct store_obj *o;
+
+    if (check_name(pack_name) < 0)
+        return -1;
+    chunk_hash_hex(e->hash, hex);
+    if (pack_check_entry(e, EINVAL) < 0) {
+        error_prefix("pack %s: chunk %s: ", pack_name, hex);
+        return -1;
+    }
+    if (e->offset < PACK_FILE_HDR_LEN || e->offset > (uint64_t)INT64_MAX / 2) {
+        error_set(EINVAL, "pack %s: chunk %s: offset %llu is out of range", pack_name, hex,
+                  (unsigned long long)e->offset);
+        return -1;
+    }
+    if (!(o = reader_obj(r, pack_name)))
+        return -1;
+    int rc = read_entry(r, o, pack_name, e, hex, out);
+    if (rc == -2 && store_is_remote(r->st)) {
+        /* Bytes that fail their check may have been damaged on the way:
+         * fetched once more (not from the store's windows) before the
+         * chunk is called damaged. */
+        log_msg(LOG_LEVEL_WARN, "%s; reading it again from the bucket", error_msg());
+        store_obj_forget(o);
+        rc = read_entry(r, o, pack_name, e, hex, out);
+    }
+    return rc < 0 ? -1 : 0;
 }
 
 /* ---- Scanning, removing and listing ------------------------------------ */

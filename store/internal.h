@@ -19,6 +19,7 @@ struct store_ops {
     uint64_t (*obj_size)(const struct store_obj *o);
     ssize_t (*obj_read)(struct store_obj *o, void *buf, size_t len, uint64_t off);
     void (*obj_close)(struct store_obj *o);
+    void (*obj_forget)(struct store_obj *o);     /* may be NULL */
     int (*list)(struct store *s, const char *prefix,
                 int (*fn)(void *opaque, const char *key, uint64_t size, bool partial),
                 void *opaque);

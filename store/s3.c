@@ -339,6 +339,11 @@ static void s3_obj_close(struct store_obj *so)
     free(so);
 }
 
+static void s3_obj_forget(struct store_obj *so)
+{
+    s3_cache_drop(S(so->s)->cache, ((struct s3_obj *)so)->key);
+}
+
 /* ---- Listing and removing ----------------------------------------------- */
 
 struct page {
@@ -475,6 +480,7 @@ static const struct store_ops s3_ops = {
     .obj_size = s3_obj_size,
     .obj_read = s3_obj_read,
     .obj_close = s3_obj_close,
+    .obj_forget = s3_obj_forget,
     .list = s3_list,
     .stat = s3_stat,
     .remove = s3_remove,

@@ -23,7 +23,8 @@
 #define WIN_SIZE (4u << 20)
 #define WIN_SLOTS 8
 
-enum { WIN_EMPTY, WIN_LOADING, WIN_READY };
+/* STALE: dropped while being read; empty once its last reader is done. */
+enum { WIN_EMPTY, WIN_LOADING, WIN_READY, WIN_STALE };
 
 struct win {
     char key[STORE_KEY_MAX];
@@ -81,7 +82,8 @@ int s3_get_range(struct s3 *s, const char *key, void *buf, size_t len, uint64_t 
 static struct win *find(struct s3_cache *c, const char *key, uint64_t off)
 {
     for (unsigned i = 0; i < WIN_SLOTS; i++)
-        if (c->w[i].state != WIN_EMPTY && c->w[i].off == off && !strcmp(c->w[i].key, key))
+        if ((c->w[i].state == WIN_LOADING || c->w[i].state == WIN_READY) && c->w[i].off == off &&
+            !strcmp(c->w[i].key, key))
             return &c->w[i];
     return NULL;
 }
@@ -146,8 +148,22 @@ static struct win *acquire(struct s3_cache *c, struct s3 *s, const char *key, ui
 static void release(struct s3_cache *c, struct win *w)
 {
     pthread_mutex_lock(&c->mu);
-    if (--w->refs == 0)
+    if (--w->refs == 0) {
+        if (w->state == WIN_STALE)
+            w->state = WIN_EMPTY;
         pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+void s3_cache_drop(struct s3_cache *c, const char *key)
+{
+    pthread_mutex_lock(&c->mu);
+    for (unsigned i = 0; i < WIN_SLOTS; i++) {
+        struct win *w = &c->w[i];
+        if (w->state == WIN_READY && !strcmp(w->key, key))
+            w->state = w->refs ? WIN_STALE : WIN_EMPTY;
+    }
     pthread_mutex_unlock(&c->mu);
 }
 

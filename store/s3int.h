@@ -95,6 +95,9 @@ void s3_cache_free(struct s3_cache *c);      /* accepts NULL */
  * at the end of the object, or -1 with the error set. */
 ssize_t s3_cache_read(struct s3_cache *c, struct s3 *s, const char *key, uint64_t size, void *buf,
                       size_t len, uint64_t off);
+/* Drops the windows of key: the next read fetches them again (one being
+ * read goes once its readers are done). */
+void s3_cache_drop(struct s3_cache *c, const char *key);
 
 /* Percent-encodes s (keeping '/' when keep_slash) into out. */
 int s3_encode(const char *s, bool keep_slash, char *out, size_t cap);

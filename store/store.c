@@ -158,6 +158,12 @@ void store_obj_close(struct store_obj *o)
         o->s->ops->obj_close(o);
 }
 
+void store_obj_forget(struct store_obj *o)
+{
+    if (o && o->s->ops->obj_forget)
+        o->s->ops->obj_forget(o);
+}
+
 int store_get_all(struct store *s, const char *key, void **buf, size_t *len)
 {
     struct store_obj *o = store_obj_open(s, key);

@@ -107,6 +107,10 @@ uint64_t store_obj_size(const struct store_obj *o);
  * object, or -1. */
 ssize_t store_obj_read(struct store_obj *o, void *buf, size_t len, uint64_t off);
 void store_obj_close(struct store_obj *o);   /* accepts NULL */
+/* Drops what the store keeps of the object in memory (a bucket's read
+ * windows), so that the next read fetches it again: after bytes that
+ * failed their check, which may have been damaged on the way. */
+void store_obj_forget(struct store_obj *o);
 /* The whole object into a new buffer (*buf, *len; free() it). */
 int store_get_all(struct store *s, const char *key, void **buf, size_t *len);
 

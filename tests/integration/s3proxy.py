@@ -3,7 +3,7 @@
 
     s3proxy.py PORT UPSTREAM-PORT [--error-rate PCT] [--status 503] [--code SlowDown]
                [--retry-after SECONDS] [--reset-put] [--stall-get SECONDS]
-               [--flip-get] [--seed N] [--log FILE] [--tls CERT KEY]
+               [--flip-get] [--flip-get-all] [--seed N] [--log FILE] [--tls CERT KEY]
 
 Forwards every request to 127.0.0.1:UPSTREAM-PORT unchanged (its Host
 header too, so that SigV4 signatures still hold), except that:
@@ -13,7 +13,10 @@ header too, so that SigV4 signatures still hold), except that:
                      connection reset)
   --stall-get S      the first GET of a pack range sends half its body, then
                      nothing for S seconds
-  --flip-get         the first GET of a pack range has one byte flipped (its 200th)
+  --flip-get         the first GET of a pack's range from its start has one byte
+                     flipped (its 200th: in the first chunk, which a reader of
+                     the pack reads)
+  --flip-get-all     every such GET has it flipped (a damaged pack)
   --tls CERT KEY     clients speak https to the proxy (the upstream stays http)
 Each request is logged to --log as "METHOD PATH -> STATUS [fault]".
 """
@@ -102,7 +105,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         payload = r.read()
         ranged = self.command == "GET" and is_pack and "Range" in self.headers
         fault = ""
-        if ranged and a.flip_get and payload and once("flip"):
+        from_start = ranged and self.headers.get("Range", "").startswith("bytes=0-")
+        if from_start and payload and (a.flip_get_all or (a.flip_get and once("flip"))):
             b = bytearray(payload)
             # Past the first entry's header: inside the data of the chunk
             # the reader asked for.
@@ -145,6 +149,7 @@ def main():
     p.add_argument("--reset-put", action="store_true")
     p.add_argument("--stall-get", type=float, default=0)
     p.add_argument("--flip-get", action="store_true")
+    p.add_argument("--flip-get-all", action="store_true")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--log")
     p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
