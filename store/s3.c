@@ -8,8 +8,9 @@
  * thread, so that the backup goes on meanwhile); the ETag must equal the
  * body's MD5.  A PUT is
  * atomic in S3: a key is absent or whole, so there are no partial objects.
- * Reads are ranged GETs of windows that every reader of the store shares
- * (store/s3cache.c: a pack is read chunk after chunk by several threads);
+ * Reads of packs are ranged GETs of windows that every reader of the store
+ * shares (store/s3cache.c: a pack is read chunk after chunk by several
+ * threads); other objects are read with a GET of their own;
  * what they return is checked by the caller (pack CRCs, chunk ids).  Listing is ListObjectsV2.
  */
 #include <errno.h>
@@ -172,9 +173,13 @@ static struct store_put *s3_put_begin(struct store *st, const char *key)
         free(p);
         return NULL;
     }
-    if (gnutls_hash_init(&p->sha, GNUTLS_DIG_SHA256) < 0 ||
-        gnutls_hash_init(&p->md5, GNUTLS_DIG_MD5) < 0) {
+    bool sha = gnutls_hash_init(&p->sha, GNUTLS_DIG_SHA256) == 0;
+    if (!sha || gnutls_hash_init(&p->md5, GNUTLS_DIG_MD5) < 0) {
         error_set(EIO, "gnutls: cannot hash");
+        if (sha)
+            gnutls_hash_deinit(p->sha, NULL);
+        if (p->fd >= 0)
+            close(p->fd);
         pool_give(ss, p->mem);
         free(p);
         return NULL;
@@ -330,8 +335,18 @@ static uint64_t s3_obj_size(const struct store_obj *so)
 static ssize_t s3_obj_read(struct store_obj *so, void *buf, size_t len, uint64_t off)
 {
     struct s3_obj *o = (struct s3_obj *)so;
+    struct s3 *s = &S(so->s)->s3;
 
-    return s3_cache_read(S(so->s)->cache, &S(so->s)->s3, o->key, o->size, buf, len, off);
+    /* Only packs, which are never written twice, go through the shared
+     * windows: a lock object is rewritten under its key when refreshed. */
+    if (!strncmp(o->key, "packs/", 6))
+        return s3_cache_read(S(so->s)->cache, s, o->key, o->size, buf, len, off);
+    if (off >= o->size || len == 0)
+        return 0;
+    if (len > o->size - off)
+        len = (size_t)(o->size - off);
+    size_t got;
+    return s3_get_range(s, o->key, buf, len, off, &got) < 0 ? -1 : (ssize_t)got;
 }
 
 static void s3_obj_close(struct store_obj *so)
