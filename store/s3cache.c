@@ -1,4 +1,4 @@
-/* store/s3cache.c: the windows of objects read lately, shared by every
+/* store/s3cache.c: the windows of packs read lately, shared by every
  * reader of one bucket's store.
  *
  * A restore or a served point reads a pack chunk after chunk from several
@@ -8,9 +8,10 @@
  * is WIN_SIZE bytes at an offset aligned to WIN_SIZE, fetched by one
  * ranged GET, kept in one of WIN_SLOTS slots (least recently used goes)
  * and shared: a thread that wants a window being fetched waits for it
- * instead of fetching it again.  Objects never change once written (a key
- * is absent or whole), so a window stays true while it is kept; what it
- * holds is checked by the caller (pack CRCs, chunk ids) like any read.
+ * instead of fetching it again.  Only packs come here (store/s3.c): they
+ * are never written twice under one key, so a window stays true while it
+ * is kept; what it holds is checked by the caller (pack CRCs, chunk ids)
+ * like any read, and store_obj_forget drops it after a failed check.
  */
 #include <errno.h>
 #include <stdio.h>

@@ -86,8 +86,9 @@ int s3_body_hash(struct s3_body *b);
 /* A ranged GET into buf: *got bytes (short at the end of the object). */
 int s3_get_range(struct s3 *s, const char *key, void *buf, size_t len, uint64_t off, size_t *got);
 
-/* store/s3cache.c: windows of objects read lately, shared by every reader
- * of a store (a few MiB each, a bounded number). */
+/* store/s3cache.c: windows of packs read lately, shared by every reader
+ * of a store (a few MiB each, a bounded number); only for objects never
+ * written twice under one key. */
 struct s3_cache;
 struct s3_cache *s3_cache_new(void);         /* NULL with the error set */
 void s3_cache_free(struct s3_cache *c);      /* accepts NULL */
