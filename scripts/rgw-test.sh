@@ -81,6 +81,13 @@ log_file = $dir/log/\$name.log
 pid_file = $dir/run/\$name.pid
 keyring = /dev/null
 osd_objectstore = memstore
+# Huge pages for the daemons' memory (with glibc.malloc.hugetlb=1 below):
+# Ceph turns them off by default, and a memstore OSD then takes a page
+# fault for every 4 KiB it stores; on a paravirtualised VM those faults
+# cost the OSD more than the copies (a 1.2 GB upload: 11 -> 7 CPU-s).
+thp = true
+# Loopback between the gateway and the OSD: no CRC of every data segment.
+ms_crc_data = false
 memstore_device_bytes = ${RGW_MEMSTORE_BYTES:-4294967296}
 
 [mon.a]
@@ -101,7 +108,7 @@ EOF
 daemon() {  # daemon NAME CMD...: started in its own session, pid recorded
     local name=$1
     shift
-    setsid "$@" -f </dev/null >>"$dir/log/$name.out" 2>&1 &
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 setsid "$@" -f </dev/null >>"$dir/log/$name.out" 2>&1 &
     echo $! >"$dir/pids/$name"
 }
 
