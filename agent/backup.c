@@ -225,19 +225,24 @@ static void dispatch(struct backup *b, struct batch *bt)
     throttle(b, total);
     bt->reads_pending = 1; /* held while submitting */
     uint64_t base = grid_cell_start(b->chunk, bt->first_cell);
-    for (size_t i = 0; i < bt->nreads; i++) {
-        struct nbd_conn *c = nbd_pool_pick(b->pool);
-        uint64_t off = bt->reads[i].start, len = bt->reads[i].end - off;
-        if (!c) {
-            fail(b, EIO, "read from %s: every connection is dead", b->o->uri);
-            break;
+    /* In pieces of the connections' request size, each to the connection
+     * with the fewest in flight: a batch spreads over all of them. */
+    for (size_t i = 0; i < bt->nreads && !failed(b); i++) {
+        for (uint64_t off = bt->reads[i].start, end = bt->reads[i].end; off < end;) {
+            struct nbd_conn *c = nbd_pool_pick(b->pool);
+            if (!c) {
+                fail(b, EIO, "read from %s: every connection is dead", b->o->uri);
+                break;
+            }
+            uint64_t len = end - off < nbd_max_request(c) ? end - off : nbd_max_request(c);
+            if (nbd_aio_pread(c, bt->buf + (off - base), len, off, 0, read_done, bt) < 0) {
+                fail(b, error_errno(), "read from %s: %s", b->o->uri, error_msg());
+                break;
+            }
+            bt->reads_pending++;
+            b->read_bytes += len;
+            off += len;
         }
-        if (nbd_aio_pread(c, bt->buf + (off - base), len, off, 0, read_done, bt) < 0) {
-            fail(b, error_errno(), "read from %s: %s", b->o->uri, error_msg());
-            break;
-        }
-        bt->reads_pending++;
-        b->read_bytes += len;
     }
     if (--bt->reads_pending == 0)
         workq_submit(b->q, &bt->q);

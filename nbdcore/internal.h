@@ -62,7 +62,8 @@ struct nbd_conn {
     uint16_t eflags;
     bool has_block_size;
     uint32_t min_block, pref_block, max_block;
-    uint32_t max_request;
+    uint32_t max_request;         /* READ / WRITE pieces (see REQUEST_SIZE) */
+    uint32_t max_payload;         /* the server's limit (CACHE) */
     char *canonical_name, *description;
     struct context *contexts;
     size_t ncontexts;

@@ -132,7 +132,9 @@ const char *nbd_get_canonical_name(const struct nbd_conn *c); /* or NULL */
 size_t nbd_context_count(const struct nbd_conn *c);
 const char *nbd_context_name(const struct nbd_conn *c, size_t i);
 bool nbd_has_context(const struct nbd_conn *c, const char *name);
-/* The largest READ/WRITE payload the library will send in one request. */
+/* The largest READ/WRITE payload the library will send in one request:
+ * 256 KiB (or the server's preferred block size if larger), never over the
+ * server's maximum. */
 uint32_t nbd_max_request(const struct nbd_conn *c);
 
 /* ---- Transmission: asynchronous ---------------------------------------- */
