@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -500,6 +501,17 @@ static int set_wal(struct catalog *c)
     return r;
 }
 
+/* Statement journals (a statement's undo inside a transaction) stay in
+ * memory up to 4 MiB, where SQLite's default spills them to a temporary
+ * file from 64 KiB: each pack's chunk inserts wrote hundreds of pages to
+ * one.  Process-wide, so set once before the first connection. */
+static pthread_once_t sqlite_once = PTHREAD_ONCE_INIT;
+
+static void sqlite_setup(void)
+{
+    sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, 4 * 1024 * 1024);
+}
+
 static struct catalog *handle_open(const char *path)
 {
     struct catalog *c = calloc(1, sizeof *c);
@@ -513,6 +525,7 @@ static struct catalog *handle_open(const char *path)
     c->pid = getpid();
     if (gethostname(c->host, sizeof c->host - 1) == -1)
         snprintf(c->host, sizeof c->host, "localhost");
+    pthread_once(&sqlite_once, sqlite_setup);
     rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         if (c->db)
