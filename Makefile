@@ -16,7 +16,14 @@ PKGS     := gnutls libzstd sqlite3 libcurl json-c inih libisal libvirt libxml-2.
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # libvirt is compiled against but loaded at run time, by vm/libvirt.c when
 # a VM is first opened (dlopen): not mapped by every start.
+# Under ASan it stays linked: ASan resolves its XDR interceptors when the
+# process starts, and libvirt's XDR library loaded later would call a null
+# "real" function.
+ifeq ($(SANITIZE),1)
+PKGS_LINKED := $(PKGS)
+else
 PKGS_LINKED := $(filter-out libvirt,$(PKGS))
+endif
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS_LINKED) 2>/dev/null)
 
 CFLAGS   ?= -O2 -g
