@@ -1520,6 +1520,30 @@ static void test_client_submit_splits(void **state UNUSED)
     assert_done(&r[1], ECONNABORTED);
 }
 
+/* READ and WRITE go out in requests of 256 KiB: QEMU's server faults in
+ * fresh memory for each request of 1 MiB and more. */
+static void test_client_request_size(void **state UNUSED)
+{
+    struct nbd_conn *c = detached(NBD_MODE_STRUCTURED, 8 * MiB, ALL_EFLAGS, NULL);
+    static uint8_t buf[MiB + 4096];
+    struct rec r[2] = { 0 };
+
+    assert_int_equal(nbd_max_request(c), 256 * 1024);
+    assert_int_equal(nbd_aio_pread(c, buf, MiB + 4096, 0, 0, rec_done, &r[0]), 0);
+    for (uint64_t i = 1; i <= 4; i++) {
+        assert_int_equal(find_request(c, i)->count, 256 * 1024);
+        assert_int_equal(find_request(c, i)->offset, (i - 1) * 256 * 1024);
+    }
+    assert_int_equal(find_request(c, 5)->count, 4096);
+    assert_int_equal(nbd_aio_pwrite(c, buf, 512 * 1024, MiB, 0, rec_done, &r[1]), 0);
+    assert_int_equal(find_request(c, 6)->count, 256 * 1024);
+    assert_int_equal(find_request(c, 7)->offset, MiB + 256 * 1024);
+    assert_null(find_request(c, 8));
+    nbd_close(c);
+    assert_done(&r[0], ECONNABORTED);
+    assert_done(&r[1], ECONNABORTED);
+}
+
 /* ---- Successful replies -------------------------------------------------- */
 
 /* A structured READ of 4096 bytes at 8192 answered out of order with data
@@ -2377,6 +2401,7 @@ int main(void)
         cmocka_unit_test(test_client_submit_compact),
         cmocka_unit_test(test_client_submit_extended),
         cmocka_unit_test(test_client_submit_splits),
+        cmocka_unit_test(test_client_request_size),
         cmocka_unit_test(test_client_structured_read),
         cmocka_unit_test(test_client_interleaved),
         cmocka_unit_test(test_client_simple_read),
