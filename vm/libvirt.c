@@ -31,8 +31,8 @@
 
 /* libvirt is loaded when a VM is first opened, not linked: with its
  * dependencies it is most of the libraries a start of nbdvault would map
- * (15 ms of every command on a 2-vCPU VM, for the few that drive
- * libvirt). */
+ * (9 of the 33 ms that every command's start took on a 2-vCPU VM, for the
+ * few that drive libvirt). */
 #define LIBVIRT_SYMS(X) \
     X(virConnectClose) X(virConnectOpen) X(virDomainAbortJob) \
     X(virDomainBackupBegin) X(virDomainBackupGetXMLDesc) X(virDomainCheckpointDelete) \

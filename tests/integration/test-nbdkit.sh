@@ -68,6 +68,20 @@ off=$(awk '$4 == "data" { print $1 + 4096; exit }' sr.nbdvault)
 run $NBDCORE_TOOL pread "$sr" "$off" 100000 > piece
 cmp piece <(tail -c +$((off + 1)) sr.nbdcopy | head -c 100000) || fail "pread at $off differs"
 
+# ---- a backup sends reads of at most 256 KiB (QEMU's server faults in new
+# memory for each larger one), and its bytes come back ------------------------
+start_nbdkit srlog.sock --filter=log sparse-random size=256M seed=7 percent=2 \
+    runlength=1048576 logfile="$testdir/sr.log"
+run $NBDVAULT backup "nbd+unix:///?socket=$testdir/srlog.sock" --repo "$testdir/srrepo" --disk sr > /dev/null
+run $NBDVAULT restore --repo "$testdir/srrepo" --disk sr --output sr.restored > /dev/null
+cmp sr.nbdcopy sr.restored || fail "backup of sparse-random does not restore as nbdcopy read it"
+grep -o ' Read id=[0-9]* offset=0x[0-9a-f]* count=0x[0-9a-f]*' sr.log |
+    sed 's/.*count=//' > sr.counts
+[ "$(wc -l < sr.counts)" -ge 16 ] || fail "the log filter saw too few reads: $(wc -l < sr.counts)"
+while read -r n; do
+    [ $((n)) -le 262144 ] || fail "a read of $((n)) bytes was sent (over 256 KiB)"
+done < sr.counts
+
 # ---- an export of an odd size, backed up and restored ---------------------
 # 1000003 bytes: the last cell is not a multiple of any block size, so the
 # restore's direct writes must fall back for it; the bytes must come back.
