@@ -2,14 +2,18 @@
 # rgw-test.sh start|stop|env: a throwaway single-node Ceph RADOS Gateway
 # (S3 with SigV4 checks) for the tests and the benchmark, on 127.0.0.1.
 #
-#   start   monitor + memstore OSD + radosgw, a user with the keys below
+#   start   monitor + OSD + radosgw, a user with the keys below
 #   stop    stops what start started (by the pid files it wrote)
 #   env     prints the shell lines that point nbdvault at it
 #
 # Environment: RGW_DIR (state, default /tmp/nbdvault-rgw), RGW_PORT (7480),
-# RGW_MEMSTORE_BYTES (the OSD's RAM store, default 4 GiB: when it is full,
-# writes hang instead of failing).  The monitor uses 127.0.0.1:3300/6789,
-# the OSD ports from 6800.
+# RGW_MEMSTORE_BYTES (the OSD's store, default 4 GiB: when it is full,
+# writes hang instead of failing), RGW_OBJECTSTORE (memstore, the default:
+# in RAM, up in ~2 s, for the tests; or bluestore: a sparse file of that
+# size in RGW_DIR written with direct I/O, as a real OSD stores on a disk,
+# for the benchmark: a memstore OSD takes every byte it keeps into fresh
+# pages, which on this project's VMs cost it more CPU than anything else
+# it does).  The monitor uses 127.0.0.1:3300/6789, the OSD ports from 6800.
 set -eu
 
 dir=${RGW_DIR:-/tmp/nbdvault-rgw}
@@ -46,6 +50,20 @@ stop() {
     done
 }
 
+store_conf() {
+    local bytes=${RGW_MEMSTORE_BYTES:-4294967296}
+    case ${RGW_OBJECTSTORE:-memstore} in
+    memstore)
+        printf '%s\n' "osd_objectstore = memstore" "memstore_device_bytes = $bytes" ;;
+    bluestore)
+        printf '%s\n' "osd_objectstore = bluestore" "bluestore_block_path = $dir/osd-block" \
+            "bluestore_block_size = $bytes" "bluestore_block_create = true" \
+            "bluestore_fsck_on_mkfs = false" "bluestore_cache_size = 268435456" \
+            "osd_memory_target = 1073741824" ;;
+    *) say "RGW_OBJECTSTORE must be memstore or bluestore"; return 1 ;;
+    esac
+}
+
 write_conf() {
     cat >"$conf" <<EOF
 [global]
@@ -80,7 +98,7 @@ admin_socket = $dir/run/\$name.asok
 log_file = $dir/log/\$name.log
 pid_file = $dir/run/\$name.pid
 keyring = /dev/null
-osd_objectstore = memstore
+$(store_conf)
 # Huge pages for the daemons' memory (with glibc.malloc.hugetlb=1 below):
 # Ceph turns them off by default, and a memstore OSD then takes a page
 # fault for every 4 KiB it stores; on a paravirtualised VM those faults
@@ -88,7 +106,6 @@ osd_objectstore = memstore
 thp = true
 # Loopback between the gateway and the OSD: no CRC of every data segment.
 ms_crc_data = false
-memstore_device_bytes = ${RGW_MEMSTORE_BYTES:-4294967296}
 
 [mon.a]
 mon_data = $dir/mon
@@ -123,6 +140,7 @@ start() {
             return 1
         fi
     done
+    store_conf >/dev/null || return 1
     trap 'rc=$?; [ $rc -eq 0 ] || { say "start failed"; stop; }' EXIT
     rm -rf "$dir"
     mkdir -p "$dir/mon" "$dir/osd" "$dir/rgw" "$dir/run" "$dir/log" "$dir/pids"
