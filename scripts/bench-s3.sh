@@ -84,6 +84,9 @@ npacks() {
         "$AWS_ENDPOINT_URL/bench?list-type=2&prefix=nbdvault%2Fpacks%2F" | grep -o "<Key>" | wc -l
 }
 
+# Neither tool's run pays for the export's first reads (a fresh qemu-nbd
+# faults in its buffers; a VM's QEMU has long done so).
+nbdcopy "$before" null:
 log "bench-s3: full backup"
 measure full "$NBDVAULT" backup "$before" --repo "$repo" --disk d
 measure rfull bash -c "nbdcopy '$before' - | restic -q -r '$rrepo' backup --stdin --stdin-filename d.raw"

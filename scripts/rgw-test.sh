@@ -58,6 +58,7 @@ store_conf() {
     bluestore)
         printf '%s\n' "osd_objectstore = bluestore" "bluestore_block_path = $dir/osd-block" \
             "bluestore_block_size = $bytes" "bluestore_block_create = true" \
+            "bluestore_block_preallocate_file = true" \
             "bluestore_fsck_on_mkfs = false" "bluestore_cache_size = 268435456" \
             "osd_memory_target = 1073741824" ;;
     *) say "RGW_OBJECTSTORE must be memstore or bluestore"; return 1 ;;

@@ -27,6 +27,8 @@
 #define BACKOFF_BASE_MS 100
 #define BACKOFF_CAP_MS 10000
 #define RETRY_AFTER_CAP_S 120
+#define UPLOAD_BUFFER (1L << 20)    /* curl's upload buffer (its default: 64 KiB) */
+#define RECV_BUFFER (512L << 10)    /* and its receive buffer (its default: 16 KiB) */
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc;
@@ -401,6 +403,8 @@ static CURLcode attempt(struct s3 *s, CURL *h, struct s3_req *r, struct xfer *x,
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (long)s->low_speed_time);
     curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)s->timeout);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_err);
+    /* Windows of packs come in 512 KiB reads, not 16 KiB ones. */
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, RECV_BUFFER);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
@@ -412,6 +416,9 @@ static CURLcode attempt(struct s3 *s, CURL *h, struct s3_req *r, struct xfer *x,
         curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
     } else if (!strcmp(r->method, "PUT")) {
         curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+        /* A pack goes out in 1 MiB sends, not curl's 64 KiB: a sixteenth
+         * of the read callbacks and send(2)s. */
+        curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, (long)UPLOAD_BUFFER);
         curl_easy_setopt(h, CURLOPT_READFUNCTION, on_upload);
         curl_easy_setopt(h, CURLOPT_READDATA, x);
         curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->body->len);
