@@ -14,15 +14,16 @@ CC       ?= cc
 PREFIX   ?= /usr/local
 PKGS     := gnutls libzstd sqlite3 libcurl json-c inih libisal libvirt libxml-2.0 libargon2
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-# libvirt is compiled against but loaded at run time, by vm/libvirt.c when
-# a VM is first opened (dlopen): not mapped by every start.
-# Under ASan it stays linked: ASan resolves its XDR interceptors when the
+# libvirt, libcurl and libxml2 are compiled against but loaded at run time
+# (common/dynlib.h) by the commands that use them, when a VM or a bucket is
+# first opened: not mapped by every start.
+# Under ASan they stay linked: ASan resolves its XDR interceptors when the
 # process starts, and libvirt's XDR library loaded later would call a null
 # "real" function.
 ifeq ($(SANITIZE),1)
 PKGS_LINKED := $(PKGS)
 else
-PKGS_LINKED := $(filter-out libvirt,$(PKGS))
+PKGS_LINKED := $(filter-out libvirt libcurl libxml-2.0,$(PKGS))
 endif
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS_LINKED) 2>/dev/null)
 

@@ -23,10 +23,9 @@
 #include <unistd.h>
 
 #include <gnutls/crypto.h>
-#include <libxml/parser.h>
-#include <libxml/tree.h>
 
 #include "common/error.h"
+#include "common/xmllib.h"
 #include "store/internal.h"
 #include "store/s3int.h"
 
@@ -379,13 +378,16 @@ static int parse_page(struct s3 *s, const char *xml, size_t len, struct page *pg
                       int (*fn)(void *opaque, const char *key, uint64_t size, bool partial),
                       void *opaque)
 {
-    xmlDoc *doc = xmlReadMemory(xml, (int)len, "list.xml", NULL, XML_PARSE_NONET | XML_PARSE_NOBLANKS);
+    const struct xmllib *x = xmllib();
+    if (!x)
+        return -1;
+    xmlDoc *doc = x->xmlReadMemory(xml, (int)len, "list.xml", NULL, XML_PARSE_NONET | XML_PARSE_NOBLANKS);
     size_t plen = strlen(s->prefix);
     xmlNode *root;
 
     pg->next[0] = 0;
-    if (!doc || !(root = xmlDocGetRootElement(doc))) {
-        xmlFreeDoc(doc);
+    if (!doc || !(root = x->xmlDocGetRootElement(doc))) {
+        x->xmlFreeDoc(doc);
         error_set(EIO, "list s3://%s/%s: the answer is not XML", s->bucket, s->prefix);
         return -1;
     }
@@ -402,7 +404,7 @@ static int parse_page(struct s3 *s, const char *xml, size_t len, struct page *pg
             continue;              /* not an object this store writes */
         pg->r = fn(opaque, key + plen, size ? strtoull(size, NULL, 10) : 0, false);
     }
-    xmlFreeDoc(doc);
+    x->xmlFreeDoc(doc);
     if (truncated && no_token && pg->r == 0) {
         error_set(EIO, "list s3://%s/%s: truncated without a continuation token", s->bucket, s->prefix);
         return -1;

@@ -18,6 +18,7 @@
 #include <curl/curl.h>
 #include <gnutls/crypto.h>
 
+#include "common/dynlib.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "store/s3int.h"
@@ -30,19 +31,51 @@
 #define UPLOAD_BUFFER (1L << 20)    /* curl's upload buffer (its default: 64 KiB) */
 #define RECV_BUFFER (512L << 10)    /* and its receive buffer (its default: 16 KiB) */
 
+/* libcurl, loaded when the first bucket is opened (common/dynlib.h). */
+#define CURL_SYMS(X) \
+    X(curl_easy_cleanup) X(curl_easy_getinfo) X(curl_easy_init) X(curl_easy_perform) \
+    X(curl_easy_reset) X(curl_easy_setopt) X(curl_easy_strerror) X(curl_global_init) \
+    X(curl_slist_append) X(curl_slist_free_all)
+#define DECLARE_SYM(f) static __typeof__(f) *sym_##f;
+CURL_SYMS(DECLARE_SYM)
+#undef DECLARE_SYM
+
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
-static CURLcode global_rc;
+static int global_rc = -1;
+static char global_err[512];
+
+static int load_curl(void)
+{
+    /* Built against libcurl4-gnutls-dev; libcurl4-openssl-dev's will do. */
+    void *h = dynlib_open("libcurl-gnutls.so.4", "libcurl", global_err, sizeof global_err);
+
+    if (!h && !(h = dynlib_open("libcurl.so.4", "libcurl", global_err, sizeof global_err)))
+        return -1;
+#define LOAD_SYM(f) \
+    if (!(sym_##f = (__typeof__(f) *)dynlib_sym(h, #f, "libcurl", global_err, sizeof global_err))) \
+        return -1;
+    CURL_SYMS(LOAD_SYM)
+#undef LOAD_SYM
+    return 0;
+}
 
 static void global_init(void)
 {
-    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (load_curl() < 0)
+        return;
+    CURLcode rc = sym_curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (rc != CURLE_OK) {
+        snprintf(global_err, sizeof global_err, "libcurl: %s", sym_curl_easy_strerror(rc));
+        return;
+    }
+    global_rc = 0;
 }
 
 int s3_init(struct s3 *s)
 {
     pthread_once(&global_once, global_init);
-    if (global_rc != CURLE_OK) {
-        error_set(EIO, "libcurl: %s", curl_easy_strerror(global_rc));
+    if (global_rc < 0) {
+        error_set(EIO, "%s", global_err);
         return -1;
     }
     pthread_mutex_init(&s->mu, NULL);
@@ -53,7 +86,7 @@ int s3_init(struct s3 *s)
 void s3_fini(struct s3 *s)
 {
     for (unsigned i = 0; i < s->nfree; i++)
-        curl_easy_cleanup(s->free_handles[i]);
+        sym_curl_easy_cleanup(s->free_handles[i]);
     s->nfree = 0;
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
@@ -71,7 +104,7 @@ static CURL *handle_get(struct s3 *s)
     if (s->nfree) {
         h = s->free_handles[--s->nfree];
     } else {
-        h = curl_easy_init();
+        h = sym_curl_easy_init();
         if (h)
             s->nopen++;
     }
@@ -93,7 +126,7 @@ static void handle_put(struct s3 *s, CURL *h, bool keep)
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     if (h)
-        curl_easy_cleanup(h);
+        sym_curl_easy_cleanup(h);
 }
 
 /* ---- Encoding and hashes ---------------------------------------------------- */
@@ -213,7 +246,7 @@ struct xfer {
 static long status_of(CURL *h)
 {
     long st = 0;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &st);
+    sym_curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &st);
     return st;
 }
 
@@ -348,7 +381,7 @@ static struct curl_slist *headers_of(const struct s3 *s, const struct s3_req *r)
 #define ADD(...)                                                       \
     do {                                                               \
         snprintf(line, sizeof line, __VA_ARGS__);                      \
-        if (!(t = curl_slist_append(hl, line)))                        \
+        if (!(t = sym_curl_slist_append(hl, line)))                        \
             goto oom;                                                  \
         hl = t;                                                        \
     } while (0)
@@ -376,7 +409,7 @@ static struct curl_slist *headers_of(const struct s3 *s, const struct s3_req *r)
     return hl;
 #undef ADD
 oom:
-    curl_slist_free_all(hl);
+    sym_curl_slist_free_all(hl);
     return NULL;
 }
 
@@ -391,43 +424,43 @@ static CURLcode attempt(struct s3 *s, CURL *h, struct s3_req *r, struct xfer *x,
     if (!(hl = headers_of(s, r)))
         return CURLE_OUT_OF_MEMORY;
     snprintf(sigv4, sizeof sigv4, "aws:amz:%s:s3", s->region);
-    curl_easy_reset(h);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_AWS_SIGV4, sigv4);
-    curl_easy_setopt(h, CURLOPT_USERNAME, s->access);
-    curl_easy_setopt(h, CURLOPT_PASSWORD, s->secret);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 10L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1024L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (long)s->low_speed_time);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)s->timeout);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_err);
+    sym_curl_easy_reset(h);
+    sym_curl_easy_setopt(h, CURLOPT_URL, url);
+    sym_curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    sym_curl_easy_setopt(h, CURLOPT_AWS_SIGV4, sigv4);
+    sym_curl_easy_setopt(h, CURLOPT_USERNAME, s->access);
+    sym_curl_easy_setopt(h, CURLOPT_PASSWORD, s->secret);
+    sym_curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    sym_curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 10L);
+    sym_curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+    sym_curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (long)s->low_speed_time);
+    sym_curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)s->timeout);
+    sym_curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_err);
     /* Windows of packs come in 512 KiB reads, not 16 KiB ones. */
-    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, RECV_BUFFER);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    sym_curl_easy_setopt(h, CURLOPT_BUFFERSIZE, RECV_BUFFER);
+    sym_curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    sym_curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
+    sym_curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    sym_curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
+    sym_curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     if (s->ca_file[0])
-        curl_easy_setopt(h, CURLOPT_CAINFO, s->ca_file);
+        sym_curl_easy_setopt(h, CURLOPT_CAINFO, s->ca_file);
     if (!strcmp(r->method, "HEAD")) {
-        curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+        sym_curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
     } else if (!strcmp(r->method, "PUT")) {
-        curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+        sym_curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
         /* A pack goes out in 1 MiB sends, not curl's 64 KiB: a sixteenth
          * of the read callbacks and send(2)s. */
-        curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, (long)UPLOAD_BUFFER);
-        curl_easy_setopt(h, CURLOPT_READFUNCTION, on_upload);
-        curl_easy_setopt(h, CURLOPT_READDATA, x);
-        curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->body->len);
+        sym_curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, (long)UPLOAD_BUFFER);
+        sym_curl_easy_setopt(h, CURLOPT_READFUNCTION, on_upload);
+        sym_curl_easy_setopt(h, CURLOPT_READDATA, x);
+        sym_curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->body->len);
     } else if (strcmp(r->method, "GET")) {
-        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, r->method);
+        sym_curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, r->method);
     }
     curl_err[0] = 0;
-    rc = curl_easy_perform(h);
-    curl_slist_free_all(hl);
+    rc = sym_curl_easy_perform(h);
+    sym_curl_slist_free_all(hl);
     return rc;
 }
 
@@ -552,7 +585,7 @@ int s3_do(struct s3 *s, struct s3_req *r)
             else if (r->status)
                 fail_status(s, r, x->err);
             else
-                error_set(EIO, "%s %s: %s", r->method, name, curl_err[0] ? curl_err : curl_easy_strerror(rc));
+                error_set(EIO, "%s %s: %s", r->method, name, curl_err[0] ? curl_err : sym_curl_easy_strerror(rc));
             if (n > 0)
                 error_prefix("after %u attempts: ", n + 1);
             break;

@@ -11,7 +11,6 @@
  * (virDomainAbortJob, the normal end of a pull backup) removes the export
  * and the scratch files.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -23,16 +22,16 @@
 
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
-#include <libxml/xpath.h>
 
+#include "common/dynlib.h"
 #include "common/error.h"
+#include "common/xmllib.h"
 #include "vm/internal.h"
 
-/* libvirt is loaded when a VM is first opened, not linked: with its
- * dependencies it is most of the libraries a start of nbdvault would map
- * (9 of the 33 ms that every command's start took on a 2-vCPU VM, for the
- * few that drive libvirt). */
+/* libvirt is loaded when a VM is first opened, not linked
+ * (common/dynlib.h): with its dependencies it was most of the libraries a
+ * start of nbdvault mapped (9 of the 33 ms that every command's start took
+ * on a 2-vCPU VM, for the few that drive libvirt). */
 #define LIBVIRT_SYMS(X) \
     X(virConnectClose) X(virConnectOpen) X(virDomainAbortJob) \
     X(virDomainBackupBegin) X(virDomainBackupGetXMLDesc) X(virDomainCheckpointDelete) \
@@ -75,30 +74,25 @@ static int init_rc;
 
 static char init_err[512];
 
-/* A library by its soname; NULL with init_err set. */
-static void *load_lib(const char *name, const char *what)
-{
-    void *h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-    if (!h)
-        snprintf(init_err, sizeof init_err, "%s is not available (%s)", what, dlerror());
-    return h;
-}
+/* libxml2's functions (common/xmllib.h), once the libraries are loaded. */
+static const struct xmllib *X;
 
 #define LOAD_SYM(f) \
-    if (!(sym_##f = (__typeof__(f) *)dlsym(h, #f))) \
-        goto missing;
+    if (!(sym_##f = (__typeof__(f) *)dynlib_sym(h, #f, "libvirt", init_err, sizeof init_err))) \
+        return -1;
 
 static int load_libs(void)
 {
-    void *h;
+    void *h = dynlib_open("libvirt.so.0", "libvirt", init_err, sizeof init_err);
 
-    if (!(h = load_lib("libvirt.so.0", "libvirt")))
+    if (!h)
         return -1;
     LIBVIRT_SYMS(LOAD_SYM)
+    if (!(X = xmllib())) {
+        snprintf(init_err, sizeof init_err, "%s", error_msg());
+        return -1;
+    }
     return 0;
-missing:
-    snprintf(init_err, sizeof init_err, "libvirt is too old (%s)", dlerror());
-    return -1;
 }
 
 static void init_libs(void)
@@ -107,7 +101,6 @@ static void init_libs(void)
         init_rc = -1;
         return;
     }
-    xmlInitParser();
     init_rc = sym_virInitialize();
     if (init_rc < 0)
         snprintf(init_err, sizeof init_err, "libvirt: initialisation failed");
@@ -134,17 +127,17 @@ static struct lv_vm *LV(struct vm *v) { return v->priv; }
 /* The string values of an XPath expression over a document. */
 static int xpath_strings(xmlDocPtr doc, const char *expr, char (*out)[1024], size_t max)
 {
-    xmlXPathContextPtr ctx = xmlXPathNewContext(doc);
-    xmlXPathObjectPtr r = ctx ? xmlXPathEvalExpression((const xmlChar *)expr, ctx) : NULL;
+    xmlXPathContextPtr ctx = X->xmlXPathNewContext(doc);
+    xmlXPathObjectPtr r = ctx ? X->xmlXPathEvalExpression((const xmlChar *)expr, ctx) : NULL;
     int n = 0;
     if (r && r->nodesetval)
         for (int i = 0; i < r->nodesetval->nodeNr && (size_t)n < max; i++) {
-            xmlChar *s = xmlNodeGetContent(r->nodesetval->nodeTab[i]);
+            xmlChar *s = X->xmlNodeGetContent(r->nodesetval->nodeTab[i]);
             snprintf(out[n++], 1024, "%s", s ? (const char *)s : "");
-            xmlFree(s);
+            X->free(s);
         }
-    xmlXPathFreeObject(r);
-    xmlXPathFreeContext(ctx);
+    X->xmlXPathFreeObject(r);
+    X->xmlXPathFreeContext(ctx);
     return n;
 }
 
@@ -298,7 +291,7 @@ static int lv_open(struct vm *v, const struct vm_open_opts *o)
         lv_error("domain %s: XML", v->name);
         goto fail;
     }
-    xmlDocPtr doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL, XML_PARSE_NONET);
+    xmlDocPtr doc = X->xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL, XML_PARSE_NONET);
     free(xml);
     if (!doc) {
         error_set(EPROTO, "domain %s: libvirt's XML does not parse", v->name);
@@ -306,7 +299,7 @@ static int lv_open(struct vm *v, const struct vm_open_opts *o)
     }
     int r = read_disks(v, doc, o);
     qemu_owner(v, doc);
-    xmlFreeDoc(doc);
+    X->xmlFreeDoc(doc);
     if (r < 0)
         goto fail;
     return 0;
@@ -346,12 +339,12 @@ static int lv_checkpoint_check(struct vm *v, const char *name, size_t disk, char
         lv_error("domain %s: checkpoint %s", v->name, name);
         return -1;
     }
-    xmlDocPtr doc = xmlReadMemory(xml, (int)strlen(xml), "checkpoint.xml", NULL, XML_PARSE_NONET);
+    xmlDocPtr doc = X->xmlReadMemory(xml, (int)strlen(xml), "checkpoint.xml", NULL, XML_PARSE_NONET);
     free(xml);
     char expr[256], mode[1024] = "";
     snprintf(expr, sizeof expr, "/domaincheckpoint/disks/disk[@name='%s']/@checkpoint", target);
     int found = doc ? xpath_string(doc, expr, mode, sizeof mode) : 0;
-    xmlFreeDoc(doc);
+    X->xmlFreeDoc(doc);
     if (!found || strcmp(mode, "bitmap") != 0) {
         snprintf(why, cap, "checkpoint %s of domain %s does not cover disk %s", name, v->name, target);
         return 0;
@@ -537,12 +530,12 @@ static int cleanup_job(struct vm *v, int *count)
     char *xml = sym_virDomainBackupGetXMLDesc(p->dom, 0);
     if (!xml)
         return 0;   /* no backup job */
-    xmlDocPtr doc = xmlReadMemory(xml, (int)strlen(xml), "backup.xml", NULL, XML_PARSE_NONET);
+    xmlDocPtr doc = X->xmlReadMemory(xml, (int)strlen(xml), "backup.xml", NULL, XML_PARSE_NONET);
     free(xml);
     char sock[1024] = "", prefix[600];
     if (doc)
         xpath_string(doc, "/domainbackup/server/@socket", sock, sizeof sock);
-    xmlFreeDoc(doc);
+    X->xmlFreeDoc(doc);
     snprintf(prefix, sizeof prefix, "%s/nbdvault-job-", v->workdir);
     if (strncmp(sock, prefix, strlen(prefix)) != 0) {
         error_set(EBUSY, "domain %s runs a backup job that is not this nbdvault's (%s%s); "
