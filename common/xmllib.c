@@ -19,7 +19,7 @@ static void load(void)
     if (!h)
         return;
 #define XMLLIB_LOAD(f) \
-    if (!(lib.f = (__typeof__(f) *)dynlib_sym(h, #f, "libxml2", load_err, sizeof load_err))) \
+    if (!DYNLIB_SYM(lib.f, h, f, "libxml2", load_err)) \
         return;
     XMLLIB_SYMS(XMLLIB_LOAD)
 #undef XMLLIB_LOAD

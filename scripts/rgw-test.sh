@@ -9,8 +9,8 @@
 # Environment: RGW_DIR (state, default /tmp/nbdvault-rgw), RGW_PORT (7480),
 # RGW_MEMSTORE_BYTES (the OSD's store, default 4 GiB: when it is full,
 # writes hang instead of failing), RGW_OBJECTSTORE (memstore, the default:
-# in RAM, up in ~2 s, for the tests; or bluestore: a sparse file of that
-# size in RGW_DIR written with direct I/O, as a real OSD stores on a disk,
+# in RAM, up in ~2 s, for the tests; or bluestore: a preallocated file of
+# that size in RGW_DIR written with direct I/O, as a real OSD stores on a disk,
 # for the benchmark: a memstore OSD takes every byte it keeps into fresh
 # pages, which on this project's VMs cost it more CPU than anything else
 # it does).  The monitor uses 127.0.0.1:3300/6789, the OSD ports from 6800.

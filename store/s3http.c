@@ -52,7 +52,7 @@ static int load_curl(void)
     if (!h && !(h = dynlib_open("libcurl.so.4", "libcurl", global_err, sizeof global_err)))
         return -1;
 #define LOAD_SYM(f) \
-    if (!(sym_##f = (__typeof__(f) *)dynlib_sym(h, #f, "libcurl", global_err, sizeof global_err))) \
+    if (!DYNLIB_SYM(sym_##f, h, f, "libcurl", global_err)) \
         return -1;
     CURL_SYMS(LOAD_SYM)
 #undef LOAD_SYM

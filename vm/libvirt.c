@@ -78,7 +78,7 @@ static char init_err[512];
 static const struct xmllib *X;
 
 #define LOAD_SYM(f) \
-    if (!(sym_##f = (__typeof__(f) *)dynlib_sym(h, #f, "libvirt", init_err, sizeof init_err))) \
+    if (!DYNLIB_SYM(sym_##f, h, f, "libvirt", init_err)) \
         return -1;
 
 static int load_libs(void)
