@@ -20,8 +20,8 @@ void *dynlib_open(const char *soname, const char *what, char *err, size_t cap);
 /* The symbol's address, or NULL with "WHAT is too old (dlerror)" in err. */
 void *dynlib_sym(void *lib, const char *name, const char *what, char *err, size_t cap);
 
-/* For a table of pointers named PREFIX##f, typed as f: fills one, or
- * evaluates to false with the error in err (a char array). */
+/* Loads the symbol f into the pointer dst, typed as a pointer to f's
+ * declaration; false, with the error in err (a char array), when missing. */
 #define DYNLIB_SYM(dst, lib, f, what, err) \
     ((dst) = (__typeof__(f) *)dynlib_sym((lib), #f, (what), (err), sizeof(err)))
 

@@ -169,7 +169,7 @@ row() { printf '| %s | %s | %s | %s |\n' "$@"; }
     echo "| measure | nbdvault | restic | ratio |"
     echo "|---|---|---|---|"
     row "full backup (s, median of 3: ${fulls[*]} / ${rfulls[*]})" "$full_s" "$rfull_s" "$(ratio "$rfull_s" "$full_s")x faster"
-    row "full backup: CPU seconds of the command" "$full_cpu" "$rfull_cpu" "$(ratio "$rfull_cpu" "$full_cpu")x less"
+    row "full backup: CPU seconds of the command (first run)" "$full_cpu" "$rfull_cpu" "$(ratio "$rfull_cpu" "$full_cpu")x less"
     [ "$ncpu" -lt 2 ] ||
         row "full backup, the object store on CPU $((ncpu - 1)) and the tool on CPU $tools (s)" "$pin_s" "$rpin_s" "$(ratio "$rpin_s" "$pin_s")x faster"
     row "full backup in the bucket (bytes)" "$full_bytes" "$rfull_bytes" "$(ratio "$full_bytes" "$rfull_bytes")x the size"
